@@ -1,0 +1,100 @@
+"""Training speed of the MAE-DyT model: forward+backward images/s per preset, the DyT / LayerNorm step-time
+ratio at equal size, and model FLOP utilisation against a plain matmul measured in the same run.
+
+Prints a table, asserts nothing. Times are the best of a few steps, so other load on the machine shows as
+less noise. Usage: python benchmarks/model_speed.py [--device cpu|cuda] [--presets tiny small seed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from diyt.config import ModelParams
+from diyt.model import build_model, forward_flops
+
+BATCH = {"tiny": 32, "small": 8, "seed": 4}  # CPU batches; seed is a GPU preset
+ITERS = {"tiny": 5, "small": 3, "seed": 2}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """Best GFLOP/s of an (n x n) @ (n x n) float32 matmul."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(reps + 1):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def step_seconds(model: torch.nn.Module, imgs: torch.Tensor, iters: int, warmup: int = 1) -> float:
+    """Best time of one forward + backward over `imgs`."""
+    generator = torch.Generator().manual_seed(0)
+    best = float("inf")
+    for i in range(warmup + iters):
+        sync(imgs.device)
+        start = time.perf_counter()
+        model(imgs, generator=generator).loss.backward()
+        sync(imgs.device)
+        model.zero_grad(set_to_none=True)
+        if i >= warmup:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def presets_table(presets: list[str], device: torch.device, peak: float) -> None:
+    print(f"{'preset':<7} {'batch':>5} {'params M':>8} {'fwd GFLOP/img':>13} {'step s':>7} {'img/s':>7} "
+          f"{'GFLOP/s':>8} {'MFU':>6}")
+    for preset in presets:
+        params = ModelParams(preset=preset)
+        model = build_model(params).to(device)
+        size = params.arch.image_size
+        flops = forward_flops(model, torch.zeros(1, 3, size, size, device=device))
+        batch = BATCH[preset]
+        seconds = step_seconds(model, torch.randn(batch, 3, size, size, device=device), ITERS[preset])
+        achieved = 3 * flops * batch / seconds / 1e9  # backward ≈ 2x forward
+        millions = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"{preset:<7} {batch:>5} {millions:>8.1f} {flops / 1e9:>13.2f} {seconds:>7.3f} "
+              f"{batch / seconds:>7.1f} {achieved:>8.1f} {achieved / peak:>6.1%}")
+
+
+def norm_ratio(device: torch.device, preset: str = "tiny", rounds: int = 4) -> None:
+    """DyT / LayerNorm step time at the same size, alternating the two so that load drifts hit both."""
+    size, batch = ModelParams(preset=preset).arch.image_size, BATCH[preset]
+    imgs = torch.randn(batch, 3, size, size, device=device)
+    models = {norm: build_model(ModelParams(preset=preset, norm=norm)).to(device) for norm in ("dyt", "layernorm")}
+    best = {norm: float("inf") for norm in models}
+    for _ in range(rounds):
+        for norm, model in models.items():
+            best[norm] = min(best[norm], step_seconds(model, imgs, iters=1))
+    print(f"DyT / LayerNorm step time ({preset}, batch {batch}): {best['dyt']:.3f} s / {best['layernorm']:.3f} s "
+          f"= {best['dyt'] / best['layernorm']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--presets", nargs="+", default=list(BATCH), choices=list(BATCH))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    peak = matmul_gflops(device)
+    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; "
+          f"matmul 2048^3 float32: {peak:.1f} GFLOP/s")
+    presets_table(args.presets, device, peak)
+    norm_ratio(device)
+    print(f"matmul again at the end: {matmul_gflops(device):.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Evaluate one category: score validation normals (thresholds) and the test set (metrics, curves, maps)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from diyt.config import EvalParams
+from diyt.data.dataset import AnomalyDataset, denormalize
+from diyt.data.images import read_image
+from diyt.data.layout import Row
+from diyt.errors import DataError
+from diyt.eval import metrics
+from diyt.eval.scoring import Scores, ScoringConfig, partitions, score_images
+from diyt.eval.thresholds import image_threshold, pixel_threshold
+from diyt.model import MaskedAutoencoder
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything the evaluate stage writes, as arrays: test rows in manifest order."""
+
+    rows: list[Row]
+    labels: np.ndarray  # (N,) 0/1
+    scores: np.ndarray  # (N,)
+    maps: np.ndarray  # (N, H, W) float32
+    masks: np.ndarray  # (N, H, W) uint8
+    images: np.ndarray  # (N, h, w, 3) uint8 model input
+    reconstructions: np.ndarray  # (N, h, w, 3) uint8
+    val_scores: np.ndarray
+    image_threshold: float
+    pixel_threshold: float
+    metrics: dict
+
+
+def score_dataset(model: MaskedAutoencoder, dataset: AnomalyDataset, config: ScoringConfig, out_size: int,
+                  batch_size: int, device: torch.device, desc: str) -> Scores:
+    """Score every image of `dataset` in batches; results on the CPU in dataset order."""
+    parts = partitions(model.num_patches, config)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    out: list[Scores] = []
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            scores = score_images(model, batch["image"].to(device), config, out_size, parts)
+        out.append(Scores(*(t.float().cpu() for t in scores)))
+    return Scores(*(torch.cat(ts) for ts in zip(*out)))
+
+
+def _to_uint8(images: torch.Tensor, normalize: str) -> np.ndarray:
+    """(N, 3, h, w) normalised -> (N, h, w, 3) uint8."""
+    pixels = denormalize(images, normalize).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).numpy()
+
+
+def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: str, params: EvalParams,
+                      device: torch.device, out_size: int | None = None) -> Evaluation:
+    """Thresholds from the validation normals only; metrics on the test split at the prepared resolution."""
+    size = model.arch.image_size
+    config = ScoringConfig.from_params(params)
+    val = AnomalyDataset(category_dir, ["val"], size, normalize)
+    test = AnomalyDataset(category_dir, ["test"], size, normalize)
+    if len(val) == 0:
+        raise DataError(f"{category_dir}: no validation images to choose thresholds on; raise data.val_fraction")
+    out_size = out_size or _prepared_size(test)
+    val_scores = score_dataset(model, val, config, out_size, params.batch_size, device, "score val")
+    test_scores = score_dataset(model, test, config, out_size, params.batch_size, device, "score test")
+    t_image = image_threshold(val_scores.score.numpy(), params.threshold, params.threshold_quantile,
+                              params.threshold_k)
+    t_pixel = pixel_threshold(val_scores.anomaly_map.numpy(), params.threshold, params.threshold_quantile,
+                              params.threshold_k)
+    labels = test.labels.numpy()
+    masks = np.stack([test.mask(i, out_size) for i in range(len(test))])
+    maps = test_scores.anomaly_map.numpy().astype(np.float32)
+    scores = test_scores.score.numpy()
+    try:
+        summary = metrics.summarize(labels, scores, masks, maps, t_image)
+        per_type = metrics.per_defect_type_auroc(labels, scores, [r.defect_type for r in test.rows])
+    except DataError as err:
+        raise DataError(f"{category_dir}: {err}") from None
+    summary.update(pixel_threshold=t_pixel, per_defect_type_auroc=per_type,
+                   num_test_normal=int((labels == 0).sum()), num_test_defective=int(labels.sum()),
+                   num_val=len(val))
+    return Evaluation(test.rows, labels, scores, maps, masks, test.images.permute(0, 2, 3, 1).numpy(),
+                      _to_uint8(test_scores.reconstruction, normalize), val_scores.score.numpy(), t_image, t_pixel,
+                      summary)
+
+
+def _prepared_size(dataset: AnomalyDataset) -> int:
+    """The resolution masks were prepared at (that of the first test mask or image)."""
+    row = dataset.rows[0]
+    return read_image(dataset.root / (row.mask_path or row.path), "L").size[0]

@@ -1,0 +1,37 @@
+"""DVC stage: anomaly maps, thresholds, metrics, curves and figures for one category."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from diyt.bundle import load_trained
+from diyt.config import load_params
+from diyt.errors import user_errors
+from diyt.eval.evaluate import evaluate_category
+from diyt.eval.outputs import write_evaluation
+from diyt.train.distributed import pick_device
+
+
+@user_errors
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, required=True, help="data/prepared/<dataset>/<category>")
+    parser.add_argument("--model", type=Path, required=True, help="models/<dataset>/<category>")
+    parser.add_argument("--metrics", type=Path, required=True, help="reports/<dataset>/<category>/metrics.json")
+    parser.add_argument("--plots", type=Path, required=True, help="reports/<dataset>/<category>/plots")
+    parser.add_argument("--figures", type=Path, required=True, help="reports/<dataset>/<category>/figures")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    device = pick_device(params.train.device)
+    trained = load_trained(args.model, device)
+    ev = evaluate_category(trained.model, args.data, trained.normalize, params.eval, device)
+    write_evaluation(ev, args.metrics, args.plots, args.figures)
+    m = ev.metrics
+    print(f"{args.data.name}: image AUROC {m['image_auroc']:.3f}  AUPRO {m['aupro']:.3f}  "
+          f"pixel AUROC {m['pixel_auroc']:.3f}  F1 {m['f1']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
