@@ -26,6 +26,15 @@ MICRO = dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, de
 L, T = 16, 8 * 8 * 3  # patches, target values per patch
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Micro models gain nothing from threads, and spinning threads crawl on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def micro(**switches) -> ModelParams:
     return ModelParams(**{**MICRO, "aggregate_layers": (1, 2), **switches})
 
@@ -56,7 +65,7 @@ def test_every_switch_combination_has_shapes_and_gradients(norm, pos_embed, mask
     assert out.pred.shape == out.target.shape == (2, L, T)
     assert out.mask.shape == (2, L) and out.mask.dtype == torch.bool
     assert out.mask.sum(dim=1).tolist() == [8, 8]
-    assert model.unpatchify(model.denormalize(out.pred, out.target)).shape == (2, 3, 32, 32)
+    assert model.reconstruct(out).shape == (2, 3, 32, 32)
     out.loss.backward()
     for name, param in model.named_parameters():
         assert param.grad is not None, f"{name} got no gradient"
@@ -123,6 +132,9 @@ def test_explicit_mask_is_honoured_and_hidden_pixels_are_not_seen():
     out2 = model(changed, mask=mask)
     torch.testing.assert_close(out2.pred, out.pred)
     assert not torch.allclose(out2.loss, out.loss)
+    shared = complementary_masks(L, 2, seeded())[1]  # one (L,) mask for the whole batch
+    assert torch.equal(model(imgs, mask=shared).mask, shared.expand(2, L))
+    assert model.reconstruct(out).shape == imgs.shape
 
 
 def test_patchify_unpatchify_roundtrip():

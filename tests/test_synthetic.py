@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from diyt.data.synthetic import CATEGORIES, GROUP_TEST_DEFECT, defect_types, generate, render
+from diyt.data.synthetic import CATEGORIES, GROUP_TEST_DEFECT, SUBTLE_EVERY, defect_types, generate, render
 from diyt.errors import DataError
 
 DEFECT_NAMES = {"scratch", "hole", "crack", "stain", "missing"}
@@ -86,9 +86,9 @@ def test_images_and_masks(category):
 def test_mask_is_exactly_what_the_defect_changed(category):
     """Render the clean image of a defective sample's key: they differ exactly on the mask."""
     cat, types = CATEGORIES.index(category), defect_types(category)
-    for index, s in enumerate(generate(category, 0, 0, 2 * len(types), 128, seed=5)):
-        key = (5, cat, GROUP_TEST_DEFECT, index)
-        defective, mask = render(category, 128, key, s.defect_type)
+    for index, s in enumerate(generate(category, 0, 0, (SUBTLE_EVERY // 2 + 1) * len(types), 128, seed=5)):
+        key, rank = (5, cat, GROUP_TEST_DEFECT, index), index // len(types)
+        defective, mask = render(category, 128, key, s.defect_type, subtle=rank == SUBTLE_EVERY // 2)
         clean, none = render(category, 128, key)
         assert none is None
         assert np.array_equal(np.asarray(s.load_image()), defective)

@@ -63,7 +63,6 @@ class AugmentParams(Section):
 class DataParams(Section):
     source: Source = "synthetic"
     path: str | None = None  # a local copy instead of downloading (required for `folder`)
-    name: str | None = None  # dataset name for `folder` (default: the folder's name)
     categories: tuple[str, ...] = ("weave", "stone", "nut")
     image_size: Annotated[int, Field(ge=16, le=2048)] = 256  # storage resolution of data/prepared
     val_fraction: Fraction = 0.1  # of train-normal images, held out for thresholds
@@ -90,9 +89,7 @@ class DataParams(Section):
 
     @property
     def dataset(self) -> str:
-        """The dataset's name, used as a folder name under data/prepared, models/ and reports/."""
-        if self.source == "folder":
-            return self.name or Path(self.path or "folder").name
+        """The folder name under data/prepared, models/ and reports/: the source (dvc.yaml uses ${data.source})."""
         return self.source
 
 

@@ -91,7 +91,7 @@ def write_category(samples: Sequence[Sample], out: Path, image_size: int, val_fr
 
 def _save(img: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG", optimize=False)
+    img.save(path, format="PNG", compress_level=1)  # fast to write; the files live in the DVC cache, not git
 
 
 def write_manifest(path: Path, rows: Sequence[Row]) -> None:

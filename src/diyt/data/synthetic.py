@@ -3,8 +3,8 @@
 Three categories in the spirit of MVTec AD (Bergmann et al., CVPR 2019): `weave`, a plain-woven fabric (periodic);
 `stone`, a stone surface from multi-octave value noise (stochastic); `nut`, a brass hex nut on a conveyor, with
 pose jitter. Normal images vary in pattern phase and scale, lighting (gradient, vignetting), colour and sensor
-noise. A defect is painted through a soft shape `alpha`; its mask is `alpha > ALPHA_MIN` and pixels outside the
-mask keep the clean rendering exactly.
+noise. A defect is painted through a soft shape `alpha`, cut to zero below ALPHA_MIN; its mask is the set of pixels
+that painting changed, so outside the mask a defective image is its clean rendering, byte for byte.
 
 Every image depends only on its key `(seed, category index, group, index)`, groups being 0 train, 1 test good and
 2 test defective: one sample renders without the others, and the same seed gives byte-identical PNGs.
@@ -23,12 +23,14 @@ from PIL import Image, ImageDraw, ImageFilter
 from diyt.data.sample import GOOD, Sample
 from diyt.errors import DataError
 
+__all__ = ["CATEGORIES", "GROUP_TEST_DEFECT", "GROUP_TEST_GOOD", "GROUP_TRAIN", "SUBTLE_EVERY", "defect_types",
+           "generate", "render"]
+
 CATEGORIES = ("weave", "stone", "nut")
 GROUP_TRAIN, GROUP_TEST_GOOD, GROUP_TEST_DEFECT = 0, 1, 2
-SUBTLE_FRACTION = 0.15  # defects drawn smaller and fainter
+SUBTLE_EVERY = 7  # every 7th defect of a type (~15%) is drawn smaller and fainter
 ALPHA_MIN = 0.12  # a defect's soft shape counts (and changes pixels) above this opacity
 MIN_AREA = 0.001  # of the image: smaller draws are redrawn
-TAU = 2 * np.pi
 
 
 @dataclass(frozen=True)
@@ -65,15 +67,15 @@ def _noise(rng: np.random.Generator, size: int, cells: int, cells_x: int | None 
 
 def _fbm(rng: np.random.Generator, size: int, cells: int, octaves: int, gain: float = 0.5) -> np.ndarray:
     """Multi-octave value noise, about unit variance; (S, S)."""
-    weights = gain ** np.arange(octaves)
+    weights = [gain**k for k in range(octaves)]
     total = sum(w * _noise(rng, size, cells * 2**k) for k, w in enumerate(weights))
-    return total / np.float32(0.8 * np.sqrt((weights**2).sum()))
+    return total / (0.8 * math.sqrt(sum(w * w for w in weights)))
 
 
 def _lighting(rng: np.random.Generator, size: int, slope: float, vignette: float) -> np.ndarray:
     """Exposure, a linear gradient and an off-centre vignette, multiplicative; (S, S)."""
     yy, xx = _grid(size)
-    a = rng.uniform(0, TAU)
+    a = rng.uniform(0, math.tau)
     cy, cx = (0.5 + rng.normal(0, 0.08, 2)).tolist()
     ramp = 1 + rng.uniform(0.3, 1) * slope * ((xx - 0.5) * math.cos(a) + (yy - 0.5) * math.sin(a))
     vig = 1 - rng.uniform(0.3, 1) * vignette * ((xx - cx) ** 2 + (yy - cy) ** 2)
@@ -119,7 +121,7 @@ def _weave(rng: np.random.Generator, size: int) -> Scene:
     shade = np.where(warp_top, 0.16 + 0.84 * warp, 0.16 + 0.84 * weft)[..., None]
     image = shade * np.where(warp_top[..., None], c_warp, c_weft) * light + grain
     bare = (0.08 + 0.5 * weft)[..., None] * c_weft * light + grain  # the weft where the warp is gone
-    return Scene(image, np.ones((size, size), np.float32), (0.5, 0.5), (0.0, 0.4), rng.uniform(0, TAU),
+    return Scene(image, np.ones((size, size), np.float32), (0.5, 0.5), (0.0, 0.4), rng.uniform(0, math.tau),
                  under=bare, lanes=iu, along=v * period)
 
 
@@ -133,8 +135,7 @@ def _stone(rng: np.random.Generator, size: int) -> Scene:
     fine = 0.05 * _noise(rng, size, max(2, size // 12))
     albedo = (dark + (pale - dark) * mottle) * (1 + fine - speck)[..., None]
     image = albedo * _lighting(rng, size, slope=0.5, vignette=0.9)[..., None] + _sensor(rng, size, 0.012)
-    return Scene(image.astype(np.float32), np.ones((size, size), np.float32), (0.5, 0.5), (0.0, 0.4),
-                 rng.uniform(0, TAU))
+    return Scene(image, np.ones((size, size), np.float32), (0.5, 0.5), (0.0, 0.4), rng.uniform(0, math.tau))
 
 
 def _nut(rng: np.random.Generator, size: int) -> Scene:
@@ -150,38 +151,39 @@ def _nut(rng: np.random.Generator, size: int) -> Scene:
     facing = (dx * lx + dy * ly) / np.maximum(r, px)  # cos(angle to the light) of an outward normal
 
     def hexagon(oy: float, ox: float, soft: float) -> np.ndarray:
-        proj = [np.abs((dx - ox) * math.cos(phi + k * TAU / 6) + (dy - oy) * math.sin(phi + k * TAU / 6))
-                for k in range(3)]
-        return _edge(apothem - np.maximum(np.maximum(proj[0], proj[1]), proj[2]), soft) * _edge(
-            1.09 * apothem - np.sqrt((dy - oy) ** 2 + (dx - ox) ** 2), soft)
+        """Coverage of the nut's outline (corners rounded off) shifted by (oy, ox), its edge `soft` wide."""
+        qy, qx = dy - oy, dx - ox
+        flats = np.maximum.reduce([np.abs(qx * math.cos(phi + k * math.pi / 3) + qy * math.sin(phi + k * math.pi / 3))
+                                   for k in range(3)])
+        return _edge(apothem - flats, soft) * _edge(1.09 * apothem - np.sqrt(qy * qy + qx * qx), soft)
 
     outer = hexagon(0.0, 0.0, px)
     metal = outer * _edge(r - 0.8 * bore, px)
-    rings = np.sin(TAU * r / 0.02 + 0.8 * _noise(rng, size, 6))
-    glint = np.exp(-((dx - 0.45 * apothem * lx) ** 2 + (dy - 0.45 * apothem * ly) ** 2) / (2 * (0.3 * apothem) ** 2))
+    rings = np.sin(math.tau * r / 0.02 + 0.8 * _noise(rng, size, 6))
+    glint = np.exp(-((dx - 0.45 * apothem * lx) ** 2 + (dy - 0.45 * apothem * ly) ** 2) / (0.18 * apothem**2))
     face = 0.72 + 0.12 * (dx * lx + dy * ly) / apothem + 0.03 * rings + 0.25 * glint
     shade = np.select(
         [r < bore, r < 1.18 * bore, r < 0.97 * apothem],
-        [0.32 - 0.1 * facing + 0.1 * np.sin(TAU * r / 0.011), 0.55 - 0.3 * facing, face],
+        [0.32 - 0.1 * facing + 0.1 * np.sin(math.tau * r / 0.011), 0.55 - 0.3 * facing, face],
         0.55 + 0.35 * facing)
+    shade = shade * (1 + 0.04 * _noise(rng, size, max(2, size // 4)))
     brass = _colour([0.84, 0.67, 0.38], rng, gain=0.07, drift=0.015)
-    part = (shade * (1 + 0.04 * _noise(rng, size, max(2, size // 4))))[..., None] * brass
-    weave = 1 + 0.08 * _fbm(rng, size, 8, 3) + 0.06 * _noise(rng, size, max(2, size // 3))
-    belt = _colour([0.21, 0.23, 0.26], rng, gain=0.15, drift=0.005) * weave[..., None]
+    belt = _colour([0.21, 0.23, 0.26], rng, gain=0.15, drift=0.005)
+    cloth = 1 + 0.08 * _fbm(rng, size, 8, 3) + 0.06 * _noise(rng, size, max(2, size // 3))
     shadow = hexagon(-0.025 * ly, -0.025 * lx, 10 * px)
-    floor = np.where((r < bore)[..., None], 0.35 * belt, belt * (1 - 0.5 * shadow)[..., None])
-    light_field = _lighting(rng, size, slope=0.3, vignette=0.5)[..., None]
+    floor = cloth * np.where(r < bore, 0.35, 1 - 0.5 * shadow)  # the belt's brightness
+    lit = _lighting(rng, size, slope=0.3, vignette=0.5)
     grain = _sensor(rng, size, 0.012)
-    image = (floor + metal[..., None] * (part - floor)) * light_field + grain
-    return Scene(image.astype(np.float32), metal.astype(np.float32), (cy, cx), (1.3 * bore, 0.85 * apothem),
-                 light, rim=1.05 * apothem, under=(floor * light_field + grain).astype(np.float32))
+    image = (floor * (1 - metal) * lit)[..., None] * belt + (shade * metal * lit)[..., None] * brass + grain
+    return Scene(image, metal, (cy, cx), (1.3 * bore, 0.85 * apothem), light, rim=1.05 * apothem,
+                 under=(floor * lit)[..., None] * belt + grain)
 
 
 # ---------------------------------------------------------------------------------------------- shapes
 def _place(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """A defect centre (y, x), uniform over the scene's annulus."""
     r_in, r_out = scene.annulus
-    r, a = np.sqrt(rng.uniform(r_in**2, r_out**2)), rng.uniform(0, TAU)
+    r, a = np.sqrt(rng.uniform(r_in**2, r_out**2)), rng.uniform(0, math.tau)
     return np.array(scene.centre) + r * np.array([np.sin(a), np.cos(a)])
 
 
@@ -208,7 +210,7 @@ def _strokes(size: int, paths: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.nd
 
 
 def _walk(rng: np.random.Generator, start: np.ndarray, heading: float, length: float, steps: int) -> np.ndarray:
-    """A jagged path of `steps` straight pieces: the heading drifts slowly and kinks at every joint; (steps + 1, 2)."""
+    """A jagged path of `steps` straight pieces, its heading drifting and kinking at every joint; (steps + 1, 2)."""
     turns = heading + np.cumsum(rng.normal(0, 0.12, steps)) + rng.normal(0, 0.5, steps)
     moves = np.stack([np.sin(turns), np.cos(turns)], axis=1) * (length / steps)
     return np.concatenate([start[None], start + np.cumsum(moves, axis=0)])
@@ -218,7 +220,7 @@ def _walk(rng: np.random.Generator, start: np.ndarray, heading: float, length: f
 def _scratch(scene: Scene, rng: np.random.Generator, subtle: bool) -> tuple[np.ndarray, np.ndarray]:
     """A slightly curved line: a bright gouge or a dark groove."""
     scale = 0.6 if subtle else 1.0
-    mid, a = _place(scene, rng), rng.uniform(0, TAU)
+    mid, a = _place(scene, rng), rng.uniform(0, math.tau)
     half = np.array([np.sin(a), np.cos(a)]) * rng.uniform(0.1, 0.22) * scale
     bend = np.array([np.cos(a), -np.sin(a)]) * rng.normal(0, 0.15) * np.linalg.norm(half)
     t = np.linspace(0, 1, 24)[:, None]
@@ -232,7 +234,7 @@ def _scratch(scene: Scene, rng: np.random.Generator, subtle: bool) -> tuple[np.n
 def _crack(scene: Scene, rng: np.random.Generator, subtle: bool) -> tuple[np.ndarray, np.ndarray]:
     """A dark jagged fracture, widest in its middle, with one branch."""
     scale = 0.6 if subtle else 1.0
-    steps, heading = 20, rng.uniform(0, TAU)
+    steps, heading = 20, rng.uniform(0, math.tau)
     trunk = _walk(rng, _place(scene, rng), heading, rng.uniform(0.25, 0.45) * scale, steps)
     width = rng.uniform(0.02, 0.03) * scale
     fork = int(rng.integers(4, steps - 6))
@@ -244,7 +246,7 @@ def _crack(scene: Scene, rng: np.random.Generator, subtle: bool) -> tuple[np.nda
 
 
 def _hole(floor: float, ceil: float, radii: tuple[float, float]) -> Defect:
-    """A pit or a hole: a rough disc whose wall nearer the light is in shadow (x `floor`) and far wall lit (x `ceil`)."""
+    """A pit or hole: a rough disc, its wall nearer the light in shadow (x `floor`), the far one lit (x `ceil`)."""
 
     def hole(scene: Scene, rng: np.random.Generator, subtle: bool) -> tuple[np.ndarray, np.ndarray]:
         size, centre = scene.image.shape[0], _place(scene, rng)
@@ -259,14 +261,14 @@ def _hole(floor: float, ceil: float, radii: tuple[float, float]) -> Defect:
     return hole
 
 
-TINTS = (np.array([1.0, 0.55, 0.3]), np.array([0.38, 0.36, 0.35]), np.array([0.55, 0.72, 1.1]))
+TINTS = (np.array([0.95, 0.5, 0.25]), np.array([0.3, 0.29, 0.28]), np.array([0.45, 0.65, 1.2]))
 
 
 def _stain(scene: Scene, rng: np.random.Generator, subtle: bool) -> tuple[np.ndarray, np.ndarray]:
     """A soft discoloured patch: rust, oil or a bluish tarnish."""
     radius = rng.uniform(0.05, 0.1) * (0.75 if subtle else 1.0)
     alpha = _blob(rng, scene.image.shape[0], _place(scene, rng), radius, rough=0.35, soft=0.6)
-    strength = rng.uniform(0.3, 0.4) if subtle else rng.uniform(0.65, 0.95)
+    strength = rng.uniform(0.3, 0.4) if subtle else rng.uniform(0.75, 1.0)
     return scene.image * TINTS[rng.integers(len(TINTS))].astype(np.float32), alpha * strength
 
 
@@ -283,9 +285,9 @@ def _missing_threads(scene: Scene, rng: np.random.Generator, subtle: bool) -> tu
 
 def _chipped_rim(scene: Scene, rng: np.random.Generator, subtle: bool) -> tuple[np.ndarray, np.ndarray]:
     """A piece broken off the part's edge, baring what lies under it."""
-    a = rng.uniform(0, TAU)
+    a = rng.uniform(0, math.tau)
     centre = np.array(scene.centre) + scene.rim * np.array([np.sin(a), np.cos(a)])
-    radius = rng.uniform(0.05, 0.09) * (0.6 if subtle else 1.0)
+    radius = rng.uniform(0.06, 0.1) * (0.6 if subtle else 1.0)
     return scene.under, _blob(rng, scene.image.shape[0], centre, radius, rough=0.25, soft=0.08)
 
 
@@ -299,7 +301,7 @@ class _Category:
 _REGISTRY = {
     "weave": _Category(_weave, {"hole": _hole(0.04, 0.3, (0.03, 0.06)), "missing": _missing_threads,
                                 "scratch": _scratch, "stain": _stain}),
-    "stone": _Category(_stone, {"crack": _crack, "hole": _hole(0.1, 1.4, (0.028, 0.055)), "scratch": _scratch,
+    "stone": _Category(_stone, {"crack": _crack, "hole": _hole(0.05, 1.5, (0.035, 0.065)), "scratch": _scratch,
                                 "stain": _stain}),
     "nut": _Category(_nut, {"crack": _crack, "hole": _hole(0.1, 1.3, (0.022, 0.04)), "missing": _chipped_rim,
                             "scratch": _scratch, "stain": _stain}),
@@ -321,8 +323,8 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
-def render(category: str, image_size: int, key: Sequence[int],
-           defect: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def render(category: str, image_size: int, key: Sequence[int], defect: str | None = None,
+           subtle: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """One image (S, S, 3) uint8 and its defect mask (S, S) bool, None when clean, from its key alone.
 
     The clean scene and the defect draw from separate streams, so the clean rendering of a key is the
@@ -337,8 +339,7 @@ def render(category: str, image_size: int, key: Sequence[int],
     if defect is None:
         return clean, None
     rng = np.random.default_rng(defect_seed)
-    subtle = bool(rng.random() < SUBTLE_FRACTION)
-    for _ in range(16):  # a draw clipped away by the part's outline is drawn again
+    for _ in range(16):  # a draw mostly clipped away by the part's outline is drawn again (else the last is kept)
         paint, alpha = spec.defects[defect](scene, rng, subtle)
         alpha = alpha * scene.support
         mask = alpha > ALPHA_MIN
@@ -349,35 +350,38 @@ def render(category: str, image_size: int, key: Sequence[int],
     return image, (image != clean).any(axis=-1)  # a shape pixel that rounds back to its clean value is no defect
 
 
-@functools.lru_cache(maxsize=8)
-def _cached(category: str, image_size: int, key: tuple[int, ...],
-            defect: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    return render(category, image_size, key, defect)
+_cached = functools.lru_cache(maxsize=8)(render)  # a sample's image and mask are loaded one after the other
 
 
-def _load_image(category: str, image_size: int, key: tuple[int, ...], defect: str | None) -> Image.Image:
-    return Image.fromarray(_cached(category, image_size, key, defect)[0].copy())
+def _load_image(*render_args) -> Image.Image:
+    return Image.fromarray(_cached(*render_args)[0].copy())
 
 
-def _load_mask(category: str, image_size: int, key: tuple[int, ...], defect: str) -> Image.Image:
-    return Image.fromarray(_cached(category, image_size, key, defect)[1].astype(np.uint8) * 255)
+def _load_mask(*render_args) -> Image.Image:
+    return Image.fromarray(_cached(*render_args)[1].astype(np.uint8) * 255)
 
 
 def generate(category: str, n_train: int, n_test_good: int, n_test_defect: int, image_size: int,
              seed: int) -> list[Sample]:
-    """The samples of one category, loaded lazily; test defects cycle through the category's defect types."""
+    """The samples of one category, loaded lazily.
+
+    Test defects cycle through the category's defect types; every SUBTLE_EVERY-th of a type is subtle.
+    """
     types = defect_types(category)
     cat = CATEGORIES.index(category)
 
-    def sample(split: str, group: int, index: int, defect: str | None, name: str) -> Sample:
-        key = (seed, cat, group, index)
-        return Sample(
-            name=name, split=split, defect_type=defect or GOOD,
-            load_image=functools.partial(_load_image, category, image_size, key, defect),
-            load_mask=functools.partial(_load_mask, category, image_size, key, defect) if defect else None,
-            origin=f"synthetic {category} seed={seed} {split}/{defect or GOOD}/{name}")
+    def sample(split: str, group: int, index: int, name: str, defect: str | None = None,
+               subtle: bool = False) -> Sample:
+        args = (category, image_size, (seed, cat, group, index), defect, subtle)
+        return Sample(name=name, split=split, defect_type=defect or GOOD,
+                      load_image=functools.partial(_load_image, *args),
+                      load_mask=functools.partial(_load_mask, *args) if defect else None,
+                      origin=f"synthetic {category} seed={seed} {split}/{defect or GOOD}/{name}")
 
-    return ([sample("train", GROUP_TRAIN, i, None, f"{i:03d}") for i in range(n_train)]
-            + [sample("test", GROUP_TEST_GOOD, i, None, f"{i:03d}") for i in range(n_test_good)]
-            + [sample("test", GROUP_TEST_DEFECT, i, types[i % len(types)], f"{i // len(types):03d}")
-               for i in range(n_test_defect)])
+    samples = [sample("train", GROUP_TRAIN, i, f"{i:03d}") for i in range(n_train)]
+    samples += [sample("test", GROUP_TEST_GOOD, i, f"{i:03d}") for i in range(n_test_good)]
+    for i in range(n_test_defect):
+        rank = i // len(types)  # among the defects of its type
+        samples.append(sample("test", GROUP_TEST_DEFECT, i, f"{rank:03d}", types[i % len(types)],
+                              subtle=rank % SUBTLE_EVERY == SUBTLE_EVERY // 2))
+    return samples

@@ -16,20 +16,21 @@ def _points(curve: metrics.Curve, x: str, y: str) -> list[dict[str, float]]:
     return [{x: float(a), y: float(b)} for a, b in zip(curve.x, curve.y)]
 
 
-def histogram(ev: Evaluation, bins: int = 30) -> list[dict[str, float]]:
-    """Counts of normal and defective test scores on shared bins, with the threshold's bin flagged."""
+def histograms(ev: Evaluation, bins: int = 30) -> dict[str, list[dict[str, float]]]:
+    """Counts of normal and of defective test scores on shared bins (which include the threshold)."""
     edges = np.histogram_bin_edges(np.concatenate([ev.scores, ev.val_scores, [ev.image_threshold]]), bins)
-    normal, _ = np.histogram(ev.scores[ev.labels == 0], edges)
-    defective, _ = np.histogram(ev.scores[ev.labels == 1], edges)
     centres = (edges[:-1] + edges[1:]) / 2
-    return [{"score": float(c), "normal": int(n), "defective": int(d)} for c, n, d in zip(centres, normal, defective)]
+    return {kind: [{"score": float(c), "count": int(n)}
+                   for c, n in zip(centres, np.histogram(ev.scores[ev.labels == label], edges)[0])]
+            for kind, label in (("normal", 0), ("defective", 1))}
 
 
 def write_plots(ev: Evaluation, plots_dir: Path) -> None:
     write_json(plots_dir / "roc.json", _points(metrics.roc_points(ev.labels, ev.scores), "fpr", "tpr"))
     write_json(plots_dir / "pr.json", _points(metrics.pr_points(ev.labels, ev.scores), "recall", "precision"))
     write_json(plots_dir / "pro.json", _points(metrics.pro_curve(ev.masks, ev.maps), "fpr", "pro"))
-    write_json(plots_dir / "histogram.json", histogram(ev))
+    for kind, rows in histograms(ev).items():
+        write_json(plots_dir / f"hist_{kind}.json", rows)
     write_json(plots_dir / "scores.json", [
         {"image": r.path, "defect_type": r.defect_type, "label": int(l), "score": float(s),
          "predicted": int(s >= ev.image_threshold)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -9,18 +10,27 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from diyt.model.dyt import norm_factory
-from diyt.model.embed import PatchEmbed
+from diyt.model.embed import PatchEmbed, TokenSource
 from diyt.model.mae import MaskedAutoencoder
 from diyt.model.masking import make_masker
+from diyt.model.presets import ArchConfig
 
 if TYPE_CHECKING:
     from diyt.config import ModelParams
 
 
+def pixel_source(arch: ArchConfig) -> TokenSource:
+    return PatchEmbed(arch.image_size, arch.patch_size, arch.embed_dim)
+
+
+# `model.target` -> the token source; a frozen backbone's feature map plugs in here
+TOKEN_SOURCES: dict[str, Callable[[ArchConfig], TokenSource]] = {"pixels": pixel_source}
+
+
 def build_model(params: ModelParams) -> MaskedAutoencoder:
     """The MAE-DyT model of `params`: sizes from `params.arch`, every switch from its own field."""
     arch = params.arch
-    source = PatchEmbed(arch.image_size, arch.patch_size, arch.embed_dim)
+    source = TOKEN_SOURCES[params.target](arch)
     return MaskedAutoencoder(
         source, arch, norm_factory(params.norm, params.dyt_alpha),
         make_masker(params.masking, source.grid_size, params.mask_ratio),

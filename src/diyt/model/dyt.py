@@ -21,11 +21,11 @@ NormLayer = Callable[[int], nn.Module]
 
 class DyTFunction(torch.autograd.Function):
     """DyT with a hand-written backward: fewer passes over the activations than autograd's chain of
-    mul/tanh/addcmul (on CPU, where nothing fuses them, it makes DyT about 1.6x faster)."""
+    mul/tanh/addcmul (on CPU, where nothing fuses them, DyT alone runs about 1.6x faster)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
-        t = torch.tanh(x * alpha)
+        t = torch.mul(x, alpha).tanh_()
         ctx.save_for_backward(x, t, alpha, gamma)
         return torch.addcmul(beta, gamma, t)
 
@@ -33,9 +33,9 @@ class DyTFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         x, t, alpha, gamma = ctx.saved_tensors
-        rows = tuple(range(grad.ndim - 1))
-        grad_beta = grad.sum(dim=rows)
-        grad_gamma = (grad * t).sum(dim=rows)
+        channels = grad.shape[-1]
+        grad_beta = grad.reshape(-1, channels).sum(dim=0)
+        grad_gamma = (grad * t).reshape(-1, channels).sum(dim=0)
         grad_u = torch.ops.aten.tanh_backward(grad * gamma, t.to(grad.dtype))  # d/d(alpha * x)
         grad_alpha = torch.dot(grad_u.reshape(-1), x.reshape(-1).to(grad_u.dtype))
         return grad_u.mul_(alpha).to(x.dtype), grad_alpha, grad_gamma, grad_beta

@@ -101,11 +101,13 @@ class MaskedAutoencoder(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """As MAE: xavier-uniform linears with zero bias, normal(0.02) tokens, the patch conv as a linear."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        """As MAE: xavier-uniform linears with zero bias, normal(0.02) tokens; the source initialises itself
+        (the pixel one as a linear; a pretrained one keeps its weights)."""
+        for part in (self.encoder, self.aggregator, self.decoder):
+            for module in part.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_uniform_(module.weight)
+                    nn.init.zeros_(module.bias)
         self.source.reset_parameters()
         nn.init.normal_(self.encoder.cls_token, std=0.02)
         nn.init.normal_(self.decoder.mask_token, std=0.02)
@@ -152,11 +154,16 @@ class MaskedAutoencoder(nn.Module):
         """The prediction (N, L, T) in the target's original space (undoes norm_pix_loss with the target's stats)."""
         return self.target_norm.denormalize(pred, target)
 
+    def reconstruct(self, out: MAEOutput) -> Tensor:
+        """Every patch's prediction in the target's original space and spatial layout, (N, C, H, W) for pixels."""
+        return self.unpatchify(self.denormalize(out.pred, out.target))
+
     def forward(self, imgs: Tensor, mask: Tensor | None = None,
                 generator: torch.Generator | None = None) -> MAEOutput:
-        """imgs (N, C, H, W); an explicit mask (N, L) bool overrides the training masker."""
+        """imgs (N, C, H, W); an explicit bool mask, (N, L) or one (L,) for all, overrides the training masker."""
+        n = imgs.shape[0]
         tokens, target = self.patchify(imgs)
-        mask = (self.mask(imgs.shape[0], generator) if mask is None else mask).to(imgs.device)
+        mask = (self.mask(n, generator) if mask is None else mask).to(imgs.device).expand(n, self.num_patches)
         latent, hidden, ids_restore = self.forward_encoder(tokens, mask)
         pred = self.forward_decoder(self.aggregate(latent, hidden), ids_restore)
         return MAEOutput(self.loss(pred, target, mask), pred, mask, target)

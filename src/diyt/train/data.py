@@ -44,7 +44,7 @@ class TrainImages(Dataset):
         part, row = self.locate(index)
         seed = int(np.random.SeedSequence((self.seed, epoch, index)).generate_state(1)[0])
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would also seed CUDA
             return part[row]["image"], index
 
     def describe(self, index: int) -> str:

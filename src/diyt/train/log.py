@@ -25,10 +25,13 @@ class StepLog:
             self.live.step = start
         self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
         self.start, self.batch_size = start, batch_size
-        self.began = time.perf_counter()
+        self.began = self.last = time.perf_counter()
+        self.done = start
 
-    def images_per_s(self, step: int) -> float:
-        return (step - self.start) * self.batch_size / max(time.perf_counter() - self.began, 1e-9)
+    @property
+    def images_per_s(self) -> float:
+        """Over the steps logged so far, checkpoint writes between them included."""
+        return (self.done - self.start) * self.batch_size / max(self.last - self.began, 1e-9)
 
     def step(self, step: int, loss: float, lr: float) -> None:
         """Record iteration `step` (0-based), just done."""
@@ -36,8 +39,8 @@ class StepLog:
             self.live.log_metric("loss", loss)
             self.live.log_metric("lr", lr)
             self.live.next_step()
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{self.images_per_s(step + 1):.1f}",
-                             refresh=False)
+        self.done, self.last = step + 1, time.perf_counter()
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{self.images_per_s:.1f}", refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
@@ -49,6 +52,6 @@ class StepLog:
 def _drop_rows_from(metrics_dir: Path, step: int) -> None:
     """Keep only the rows of steps before `step` in every dvclive .tsv history."""
     for tsv in metrics_dir.rglob("*.tsv"):
-        header, *rows = tsv.read_text().splitlines()
+        header, *rows = tsv.read_text().splitlines() or [""]
         kept = [r for r in rows if int(r.split("\t", 1)[0]) < step]
         tsv.write_text("\n".join([header, *kept]) + "\n")

@@ -69,7 +69,11 @@ def train(model: nn.Module, dataset: TrainImages, phase: PhaseParams, *, phase_n
     optimizer = build_optimizer(model, phase, runtime.device)
     generator = torch.Generator().manual_seed(seed)  # the masks; its state travels with checkpoints
     start = _resume_or_start(checkpointing, total, model, optimizer, generator)
-    net = _wrap(model, runtime)
+    if runtime.is_main:
+        ckpt.remove_stale_temps(checkpointing.path)
+        if start:
+            print(f"resuming {checkpointing.path} at step {start}/{total}")
+    run_step = _Stepper(_wrap(model, runtime), model, optimizer, generator, phase, phase_name, runtime, dataset)
     peak = peak_lr(phase.base_lr, phase.batch_size)
     log = StepLog(log_dir, start=start, total=total, batch_size=phase.batch_size, desc=desc) if runtime.is_main \
         else None
@@ -80,8 +84,7 @@ def train(model: nn.Module, dataset: TrainImages, phase: PhaseParams, *, phase_n
             for images, indices in batches.epoch(*divmod(step, batches.steps_per_epoch)):
                 lr = lr_at(step, peak=peak, min_lr=phase.min_lr, warmup_steps=phase.warmup_steps,
                            total_steps=total)
-                loss_value = _step(net, model, optimizer, images, indices, generator, lr, phase.grad_clip,
-                                   runtime, dataset, step)
+                loss_value = run_step(step, lr, images, indices)
                 if log is not None:
                     log.step(step, loss_value, lr)
                 step += 1
@@ -93,32 +96,41 @@ def train(model: nn.Module, dataset: TrainImages, phase: PhaseParams, *, phase_n
     finally:
         if log is not None:
             log.close()
-    speed = log.images_per_s(step) if log is not None else math.nan
-    return TrainResult(total, start, loss_value, speed)
+    return TrainResult(total, start, loss_value, log.images_per_s if log is not None else math.nan)
 
 
-def _step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-          indices: torch.Tensor, generator: torch.Generator, lr: float, grad_clip: float | None,
-          runtime: Runtime, dataset: TrainImages, step: int) -> float:
+@dataclass
+class _Stepper:
     """One optimiser step on this rank's share of a global batch; returns the global mean loss."""
-    # masks of the whole global batch on every rank, then this rank's rows: the strided split matches the data's
-    mask = model.mask(len(images) * runtime.world_size, generator).view(runtime.world_size, -1, mask.shape[-1] if False else model.num_patches)[runtime.rank]
-    images = images.to(runtime.device, non_blocking=True)
-    with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=runtime.amp):
-        loss = net(images, mask=mask.to(runtime.device, non_blocking=True)).loss
-    loss_value = _global_mean(loss.detach(), runtime)
-    if not math.isfinite(loss_value):
-        raise NonFiniteLoss(f"non-finite loss ({loss_value}) at step {step}, batch of dataset indices "
-                            f"{_batch_indices(indices, runtime)} ({_first_images(indices, dataset)}); "
-                            f"lower the base_lr or set a grad_clip for this phase")
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return loss_value
+
+    net: nn.Module  # what forward runs through (compiled / DDP)
+    model: nn.Module  # the plain module: masks, parameters
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    phase: PhaseParams
+    phase_name: str
+    runtime: Runtime
+    dataset: TrainImages
+
+    def __call__(self, step: int, lr: float, images: torch.Tensor, indices: torch.Tensor) -> float:
+        rt = self.runtime
+        # masks of the whole global batch on every rank, then this rank's rows: the strided split of the data
+        mask = self.model.mask(len(images) * rt.world_size, self.generator)[rt.rank :: rt.world_size]
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+            loss = self.net(images.to(rt.device, non_blocking=True), mask=mask.to(rt.device)).loss
+        loss_value = _global_mean(loss.detach(), rt)
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(f"non-finite loss ({loss_value}) at step {step}, batch of dataset indices "
+                                f"{_batch_indices(indices, rt)} ({_first_images(indices, self.dataset)}); lower "
+                                f"train.{self.phase_name}.base_lr or set train.{self.phase_name}.grad_clip")
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.phase.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.phase.grad_clip)
+        self.optimizer.step()
+        return loss_value
 
 
 def _resume_or_start(checkpointing: Checkpointing, total: int, model: nn.Module,
@@ -132,7 +144,6 @@ def _resume_or_start(checkpointing: Checkpointing, total: int, model: nn.Module,
         raise DiytError(f"{checkpointing.path}: an unfinished run of {saved.total_steps} steps, this one has "
                         f"{total} (the data changed); delete the checkpoint to train from scratch")
     ckpt.resume(checkpointing.path, model=model, optimizer=optimizer, generator=generator)
-    print(f"resuming {checkpointing.path} at step {saved.step}/{total}")
     return saved.step
 
 

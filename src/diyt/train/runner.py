@@ -48,10 +48,10 @@ def run_phase(phase: Phase, *, model_params: ModelParams, data: DataParams, trai
         arch = model_params.arch
         dataset = train_images(Path(dataset_dir), categories, data, arch.image_size, train_params.seed)
         phase_params = getattr(train_params, phase)
-        # what decides the resulting weights; device, amp, nproc and checkpoint_every only change speed
-        fingerprint = {"phase": phase, "categories": list(categories), "model": model_params.model_dump(mode="json"),
-                       "data": data.model_dump(mode="json"), phase: phase_params.model_dump(mode="json"),
-                       "seed": train_params.seed, "init": init_sha}
+        # what decides the resulting weights, keyed as in params.yaml; device, amp, nproc, ... only change speed
+        fingerprint = {"phase": phase, "categories": list(categories), "init": init_sha,
+                       "data": data.model_dump(mode="json"), "model": model_params.model_dump(mode="json"),
+                       "train": {"seed": train_params.seed, phase: phase_params.model_dump(mode="json")}}
         result = train(model, dataset, phase_params, phase_name=phase, seed=train_params.seed, runtime=runtime,
                        checkpointing=Checkpointing(Path(checkpoint_dir) / ckpt.CHECKPOINT,
                                                    train_params.checkpoint_every, fingerprint),

@@ -1,0 +1,26 @@
+"""The dataset summary: every category's headline metrics and their mean, as the dashboard and report read them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from diyt.errors import DiytError
+from diyt.eval.metrics import METRIC_KEYS
+
+
+def read_metrics(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DiytError(f"{path}: missing; run the evaluate stage first (dvc repro)") from None
+    except json.JSONDecodeError as err:
+        raise DiytError(f"{path}: not valid JSON ({err}); run the evaluate stage again") from None
+
+
+def summarize(per_category: Mapping[str, Mapping[str, float]], keys: Sequence[str] = METRIC_KEYS) -> dict:
+    """{"categories": {category: {key: value}}, "mean": {key: mean over categories}}."""
+    categories = {c: {k: float(m[k]) for k in keys} for c, m in per_category.items()}
+    mean = {k: sum(m[k] for m in categories.values()) / len(categories) for k in keys}
+    return {"categories": categories, "mean": mean}
