@@ -1,0 +1,131 @@
+"""Multi-mask anomaly maps: each patch comes from the pass that hid it; scores, smoothing, thresholds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from diyt.config import EvalParams, parse_params
+from diyt.data.layout import read_manifest, write_category, write_manifest
+from diyt.data.synthetic import generate
+from diyt.eval.evaluate import evaluate_category
+from diyt.eval.scoring import (
+    ScoringConfig, error_map, image_scores, partitions, reconstruct, score_images, smooth, ssim_map,
+)
+from diyt.model import build_model
+
+MICRO = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+         "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    params = parse_params({"model": {**MICRO, "aggregate_layers": [1]}, "data": {"image_size": 64}})
+    return build_model(params.model).eval()
+
+
+def test_partitions_hide_every_patch_exactly_once_per_repeat():
+    parts = partitions(64, ScoringConfig(num_masks=4, repeats=3, seed=7))
+    assert parts.shape == (3, 4, 64)
+    assert torch.equal(parts.sum(dim=1), torch.ones(3, 64, dtype=torch.long))
+    assert not torch.equal(parts[0], parts[1])  # repeats use different partitions
+    assert torch.equal(parts, partitions(64, ScoringConfig(num_masks=4, repeats=3, seed=7)))
+
+
+@torch.no_grad()
+def test_each_patch_comes_from_the_pass_that_hid_it(model):
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    masks = partitions(model.num_patches, ScoringConfig(num_masks=4))[0]  # (4, 16)
+    got = model.patchify(reconstruct(model, images, masks)).target  # (3, 16, T)
+    for k in range(4):
+        out = model(images, mask=masks[k].expand(3, -1))
+        expected = model.denormalize(out.pred, out.target)
+        hidden = masks[k]
+        torch.testing.assert_close(got[:, hidden], expected[:, hidden], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_scores_do_not_depend_on_batching(model):
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    config = ScoringConfig(num_masks=2, repeats=2, sigma=1.0)
+    together = score_images(model, images, config, out_size=64)
+    alone = score_images(model, images[3:4], config, out_size=64)
+    assert together.anomaly_map.shape == (5, 64, 64) and together.reconstruction.shape == (5, 3, 32, 32)
+    torch.testing.assert_close(alone.score, together.score[3:4], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(alone.anomaly_map, together.anomaly_map[3:4], rtol=1e-4, atol=1e-5)
+
+
+def test_image_score_max_and_topk():
+    maps = torch.zeros(2, 10, 10)
+    maps[0, 0, :5] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
+    maps[1, 9, 9] = 7.0
+    assert image_scores(maps, "max", 0.0).tolist() == [5.0, 7.0]
+    assert image_scores(maps, "topk", 0.03).tolist() == pytest.approx([4.0, 7 / 3])  # top 3 of 100 pixels
+
+
+def test_smoothing_spreads_but_keeps_mass():
+    maps = torch.zeros(1, 41, 41)
+    maps[0, 20, 20] = 1.0
+    blurred = smooth(maps, 2.0)
+    assert blurred[0, 20, 20] < 1.0 and blurred.sum() == pytest.approx(1.0, abs=1e-4)
+    # exp(-d^2 / (2 sigma^2)) at d = 2, sigma = 2
+    assert blurred[0, 20, 22] == pytest.approx(float(np.exp(-0.5) * blurred[0, 20, 20]), rel=1e-3)
+    assert torch.equal(smooth(maps, 0.0), maps)
+
+
+def test_error_map_l2_and_ssim():
+    x = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(3))
+    y = x.clone()
+    y[:, :, 5, 7] += 0.3
+    l2 = error_map(x, y, 0.0)
+    assert l2[0, 5, 7] == pytest.approx(0.09) and l2.sum() == pytest.approx(2 * 0.09)
+    assert torch.allclose(ssim_map(x, x), torch.ones(1), atol=1e-4)
+    mixed = error_map(x, y, 0.5)
+    assert (mixed >= 0).all() and mixed[0, 5, 7] > mixed[0, 20, 20]
+
+
+def test_thresholds_ignore_test_labels(tmp_path, model):
+    samples = generate("weave", n_train=12, n_test_good=4, n_test_defect=4, image_size=64, seed=0)
+    root = tmp_path / "weave"
+    write_category(samples, root, 64, 0.25, 0)
+    params = EvalParams(num_masks=2, sigma=1.0, batch_size=8)
+    first = evaluate_category(model, root, "imagenet", params, torch.device("cpu"))
+    assert first.maps.shape == (8, 64, 64) and first.metrics["num_val"] == 3
+
+    rows = read_manifest(root)  # relabel the test set: normals become "defective" and back
+    flipped = [dataclasses.replace(r, label=1 - r.label) if r.split == "test" else r for r in rows]
+    write_manifest(root / "manifest.csv", flipped)
+    second = evaluate_category(model, root, "imagenet", params, torch.device("cpu"))
+    assert second.image_threshold == first.image_threshold
+    assert second.pixel_threshold == first.pixel_threshold
+    assert second.metrics["image_auroc"] == pytest.approx(1 - first.metrics["image_auroc"])
+
+
+def test_evaluation_outputs(tmp_path, model):
+    import json
+
+    from diyt.eval.outputs import write_evaluation
+
+    samples = generate("nut", n_train=8, n_test_good=3, n_test_defect=5, image_size=64, seed=1)
+    write_category(samples, tmp_path / "nut", 64, 0.25, 0)
+    ev = evaluate_category(model, tmp_path / "nut", "imagenet", EvalParams(num_masks=2, sigma=1.0),
+                           torch.device("cpu"))
+    out = tmp_path / "report"
+    write_evaluation(ev, out / "metrics.json", out / "plots", out / "figures")
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("image_auroc", "image_ap", "f1", "f1_max", "pixel_auroc", "aupro"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert set(metrics["per_defect_type_auroc"]) == {"crack", "hole", "missing", "scratch", "stain"}
+    roc = json.loads((out / "plots" / "roc.json").read_text())
+    assert roc[0] == {"fpr": 0.0, "tpr": 0.0} and roc[-1] == {"fpr": 1.0, "tpr": 1.0}
+    assert set(json.loads((out / "plots" / "pro.json").read_text())[0]) == {"fpr", "pro"}
+    hist = json.loads((out / "plots" / "hist_defective.json").read_text())
+    assert sum(row["count"] for row in hist) == 5
+    scores = json.loads((out / "plots" / "scores.json").read_text())
+    assert [s["score"] for s in scores] == pytest.approx(ev.scores.tolist())
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert len(figures) == 8 and "good_000.png" in figures and "crack_000.png" in figures
