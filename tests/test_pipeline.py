@@ -1,0 +1,77 @@
+"""The whole chain under real DVC on a micro config: outputs, reruns, experiments, metrics and plots."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from dvc_repo import make_repo
+
+MICRO = {
+    "data": {"categories": ["weave", "nut"], "image_size": 32,
+             "synthetic": {"n_train": 8, "n_test_good": 3, "n_test_defect": 5}, "val_fraction": 0.25},
+    "model": {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+              "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2, "aggregate_layers": [1]},
+    "train": {"pretrain": {"steps": 3, "batch_size": 4, "warmup_steps": 1},
+              "finetune": {"steps": 2, "batch_size": 4, "warmup_steps": 1}},
+    "eval": {"sigma": 1.0, "batch_size": 8},
+}
+
+
+def _ran(stdout: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", stdout))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = make_repo(tmp_path_factory.mktemp("pipeline"))
+    params = repo.params()
+    for section, values in MICRO.items():
+        params[section].update({k: ({**params[section][k], **v} if isinstance(v, dict) else v)
+                                for k, v in values.items()})
+    (repo.path / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
+    repo.commit("micro config")
+    return repo
+
+
+def test_full_chain_then_targeted_reruns(repo):
+    first = repo.dvc("repro")
+    assert _ran(first.stdout) == {"prepare", "pretrain", "finetune@weave", "finetune@nut", "evaluate@weave",
+                                  "evaluate@nut", "report"}
+    summary = json.loads((repo.path / "reports/synthetic/metrics.json").read_text())
+    assert set(summary["categories"]) == {"weave", "nut"}
+    for key in ("image_auroc", "image_ap", "f1", "f1_max", "pixel_auroc", "aupro"):
+        values = [summary["categories"][c][key] for c in ("weave", "nut")]
+        assert summary["mean"][key] == pytest.approx(sum(values) / 2)
+    assert (repo.path / "models/synthetic/nut/model.safetensors").is_file()
+    assert len(list((repo.path / "reports/synthetic/categories/weave/figures").glob("*.png"))) == 8
+
+    assert "Data and pipelines are up to date" in repo.dvc("status").stdout
+    assert _ran(repo.dvc("repro").stdout) == set()
+
+    repo.set_params(eval__sigma=2.0)
+    assert _ran(repo.dvc("repro").stdout) == {"evaluate@weave", "evaluate@nut", "report"}
+
+    repo.set_params(model__dyt_alpha=0.8)
+    assert _ran(repo.dvc("repro").stdout) == {"pretrain", "finetune@weave", "finetune@nut", "evaluate@weave",
+                                              "evaluate@nut", "report"}
+
+    shown = json.loads(repo.dvc("metrics", "show", "--json").stdout)
+    workspace = next(iter(shown.values()))["data"]
+    assert "reports/synthetic/metrics.json" in workspace
+    plots = repo.dvc("plots", "show", "-o", "plots_html")
+    assert (repo.path / "plots_html" / "index.html").is_file(), plots.stdout
+
+
+def test_an_experiment_adds_a_metrics_entry(repo):
+    repo.dvc("repro")
+    repo.commit("baseline results")
+    repo.dvc("exp", "run", "-n", "sharper", "-S", "eval.sigma=0.5")
+    table = json.loads(repo.dvc("exp", "show", "--json").stdout)
+    experiments = [e for rev in table for e in (rev.get("experiments") or [])]
+    names = {run["name"] for e in experiments for run in e.get("revs", [])} | {e.get("name") for e in experiments}
+    assert "sharper" in names
+    diff = repo.dvc("exp", "diff", "HEAD", "sharper", "--json").stdout
+    assert "eval.sigma" in diff
