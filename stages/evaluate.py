@@ -10,6 +10,7 @@ from diyt.config import load_params
 from diyt.errors import user_errors
 from diyt.eval.evaluate import evaluate_category
 from diyt.eval.outputs import write_evaluation
+from diyt.report.timings import stage_timer
 from diyt.train.distributed import pick_device
 
 
@@ -22,15 +23,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="reports/<dataset>/<category>/metrics.json")
     parser.add_argument("--plots", type=Path, required=True, help="reports/<dataset>/<category>/plots")
     parser.add_argument("--figures", type=Path, required=True, help="reports/<dataset>/<category>/figures")
+    parser.add_argument("--timing", type=Path, default=None, help="reports/timings/<stage>.json: wall time")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    device = pick_device(params.train.device)
-    trained = load_trained(args.model, device)
-    ev = evaluate_category(trained.model, args.data, trained.normalize, params.eval, device)
-    write_evaluation(ev, args.metrics, args.plots, args.figures)
-    m = ev.metrics
-    print(f"{args.data.name}: image AUROC {m['image_auroc']:.3f}  AUPRO {m['aupro']:.3f}  "
-          f"pixel AUROC {m['pixel_auroc']:.3f}  F1 {m['f1']:.3f}")
+    with stage_timer(args.timing, f"evaluate@{args.data.name}"):
+        params = load_params(args.params)
+        device = pick_device(params.train.device)
+        trained = load_trained(args.model, device)
+        ev = evaluate_category(trained.model, args.data, trained.normalize, params.eval, device)
+        write_evaluation(ev, args.metrics, args.plots, args.figures)
+        m = ev.metrics
+        print(f"{args.data.name}: image AUROC {m['image_auroc']:.3f}  AUPRO {m['aupro']:.3f}  "
+              f"pixel AUROC {m['pixel_auroc']:.3f}  F1 {m['f1']:.3f}")
 
 
 if __name__ == "__main__":

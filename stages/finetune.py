@@ -7,6 +7,7 @@ from pathlib import Path
 
 from diyt.config import load_params
 from diyt.errors import ConfigError, user_errors
+from diyt.report.timings import stage_timer
 from diyt.train import relaunch_under_torchrun, run_phase, under_torchrun
 
 
@@ -20,19 +21,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="models/<dataset>/<category>")
     parser.add_argument("--checkpoint", type=Path, required=True, help="a persisted folder for the checkpoint")
     parser.add_argument("--log", type=Path, default=None, help="dvclive folder: loss and lr per step")
+    parser.add_argument("--timing", type=Path, default=None, help="reports/timings/<stage>.json: wall time")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    if args.category not in params.data.categories:
-        raise ConfigError(f"--category {args.category}: not in data.categories "
-                          f"({', '.join(params.data.categories)})")
-    if params.train.nproc > 1 and not under_torchrun():
-        relaunch_under_torchrun(params.train.nproc)
-    result = run_phase("finetune", model_params=params.model, data=params.data, train_params=params.train,
-                       params_digest=params.digest(), dataset_dir=args.data, categories=[args.category],
-                       out_dir=args.out, checkpoint_dir=args.checkpoint, log_dir=args.log, init_dir=args.init)
-    if result is not None:
-        print(f"fine-tuned {args.category} {result.total_steps} steps (last loss {result.last_loss:.4f}, "
-              f"{result.images_per_s:.1f} img/s) -> {args.out}")
+    with stage_timer(args.timing, f"finetune@{args.category}"):
+        params = load_params(args.params)
+        if args.category not in params.data.categories:
+            raise ConfigError(f"--category {args.category}: not in data.categories "
+                              f"({', '.join(params.data.categories)})")
+        if params.train.nproc > 1 and not under_torchrun():
+            relaunch_under_torchrun(params.train.nproc)
+        result = run_phase("finetune", model_params=params.model, data=params.data, train_params=params.train,
+                           params_digest=params.digest(), dataset_dir=args.data, categories=[args.category],
+                           out_dir=args.out, checkpoint_dir=args.checkpoint, log_dir=args.log, init_dir=args.init)
+        if result is not None:
+            print(f"fine-tuned {args.category} {result.total_steps} steps (last loss {result.last_loss:.4f}, "
+                  f"{result.images_per_s:.1f} img/s) -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from diyt.errors import DiytError
 from diyt.eval.metrics import METRIC_KEYS
+from diyt.report.results import read_json
 
 
 def read_metrics(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DiytError(f"{path}: missing; run the evaluate stage first (dvc repro)") from None
-    except json.JSONDecodeError as err:
-        raise DiytError(f"{path}: not valid JSON ({err}); run the evaluate stage again") from None
+    return read_json(path, "run the evaluate stage first (dvc repro)")
 
 
 def summarize(per_category: Mapping[str, Mapping[str, float]], keys: Sequence[str] = METRIC_KEYS) -> dict:

@@ -16,6 +16,11 @@ def results_frame(summary: dict) -> pd.DataFrame:
     return frame
 
 
+def frame_rows(frame: pd.DataFrame, digits: int = 3) -> list[list[str]]:
+    """The frame's rows as text: the index, then every value rounded to `digits`."""
+    return [[str(i), *(f"{v:.{digits}f}" for v in row)] for i, row in zip(frame.index, frame.to_numpy())]
+
+
 def markdown(frame: pd.DataFrame, digits: int = 3) -> str:
     """A GitHub-flavoured Markdown table (values rounded), without an extra dependency."""
     header = "| " + " | ".join([frame.index.name or "", *frame.columns]) + " |"
