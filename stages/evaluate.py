@@ -1,11 +1,11 @@
-"""DVC stage: anomaly maps, thresholds, metrics, curves and figures for one category."""
+"""DVC stage: anomaly maps, thresholds, metrics, curves and figures for one category, and its model bundle."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from diyt.bundle import load_trained
+from diyt.bundle import load_trained, write_bundle
 from diyt.config import load_params
 from diyt.errors import user_errors
 from diyt.eval.evaluate import evaluate_category
@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="reports/<dataset>/<category>/metrics.json")
     parser.add_argument("--plots", type=Path, required=True, help="reports/<dataset>/<category>/plots")
     parser.add_argument("--figures", type=Path, required=True, help="reports/<dataset>/<category>/figures")
+    parser.add_argument("--bundle", type=Path, required=True,
+                        help="bundles/<dataset>/<category>: the model bundle for `diyt predict|export`")
     parser.add_argument("--timing", type=Path, default=None, help="reports/timings/<stage>.json: wall time")
     args = parser.parse_args(argv)
     with stage_timer(args.timing, f"evaluate@{args.data.name}"):
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         trained = load_trained(args.model, device)
         ev = evaluate_category(trained.model, args.data, trained.normalize, params.eval, device)
         write_evaluation(ev, args.metrics, args.plots, args.figures)
+        write_bundle(args.bundle, args.model, ev, params.eval, args.data)
         m = ev.metrics
         print(f"{args.data.name}: image AUROC {m['image_auroc']:.3f}  AUPRO {m['aupro']:.3f}  "
               f"pixel AUROC {m['pixel_auroc']:.3f}  F1 {m['f1']:.3f}")

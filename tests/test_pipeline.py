@@ -46,6 +46,7 @@ def test_full_chain_then_targeted_reruns(repo):
         values = [summary["categories"][c][key] for c in ("weave", "nut")]
         assert summary["mean"][key] == pytest.approx(sum(values) / 2)
     assert (repo.path / "models/synthetic/nut/model.safetensors").is_file()
+    assert (repo.path / "bundles/synthetic/nut/bundle.json").is_file()  # the evaluate stage's model bundle
     assert len(list((repo.path / "reports/synthetic/categories/weave/figures").glob("*.png"))) == 8
 
     assert "Data and pipelines are up to date" in repo.dvc("status").stdout

@@ -12,6 +12,7 @@ from diyt.config import EvalParams, parse_params
 from diyt.data.layout import read_manifest, write_category, write_manifest
 from diyt.data.synthetic import generate
 from diyt.eval.evaluate import evaluate_category
+from diyt.eval.normalize import normalize_leave_one_out, normalize_maps, position_stats
 from diyt.eval.scoring import (
     ScoringConfig, error_map, image_scores, partitions, reconstruct, score_images, smooth, ssim_map,
 )
@@ -129,3 +130,73 @@ def test_evaluation_outputs(tmp_path, model):
     assert [s["score"] for s in scores] == pytest.approx(ev.scores.tolist())
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert len(figures) == 8 and "good_000.png" in figures and "crack_000.png" in figures
+
+
+# ------------------------------------------------------------------- per-position normalisation
+
+def _val_maps(n: int = 12, size: int = 16) -> torch.Tensor:
+    """Normal maps (n, size, size) whose error grows to the right, as an object's edge would."""
+    g = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(0.1, 2.0, size).expand(size, size)
+    return ramp * (1 + 0.1 * torch.randn(n, size, size, generator=g))
+
+
+def test_position_stats_are_the_per_pixel_mean_and_floored_std() -> None:
+    maps = _val_maps()
+    stats = position_stats(maps, std_floor=0.1)
+    std = maps.std(dim=0)
+    assert torch.allclose(stats.mean, maps.mean(dim=0), atol=1e-6)
+    assert torch.allclose(stats.scale, std + 0.1 * std.mean(), atol=1e-6)
+
+
+def test_normalisation_evens_out_a_position_that_is_always_hard() -> None:
+    val, test = _val_maps(), _val_maps()[:4].clone()
+    test[:, 8, 2] += 1.0  # a defect where normal error is low
+    stats = position_stats(val, std_floor=0.1)
+    raw_top = test.flatten(1).argmax(dim=1)
+    z_top = normalize_maps(test, stats).flatten(1).argmax(dim=1)
+    assert (raw_top != 8 * 16 + 2).all()  # raw: the hard right edge wins
+    assert (z_top == 8 * 16 + 2).all()  # normalised: the defect wins
+
+
+def test_normal_maps_become_zero_mean_unit_scale() -> None:
+    val = _val_maps(n=200)
+    z = normalize_maps(val, position_stats(val, std_floor=1e-6))
+    assert z.mean(dim=0).abs().max() < 1e-4
+    assert torch.allclose(z.std(dim=0), torch.ones(16, 16), atol=1e-3)
+
+
+def test_leave_one_out_matches_statistics_without_the_map() -> None:
+    val = _val_maps(n=6)
+    z = normalize_leave_one_out(val, std_floor=0.1)
+    for i in range(len(val)):
+        others = torch.cat([val[:i], val[i + 1 :]])
+        expected = normalize_maps(val[i : i + 1], position_stats(others, std_floor=0.1))[0]
+        assert torch.allclose(z[i], expected, atol=1e-5)
+
+
+def test_statistics_need_enough_maps() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        position_stats(torch.zeros(1, 4, 4), std_floor=0.1)
+    with pytest.raises(ValueError, match="at least 3"):
+        normalize_leave_one_out(torch.zeros(2, 4, 4), std_floor=0.1)
+
+
+def test_position_normalised_evaluation_takes_statistics_from_validation_only(tmp_path, model):
+    samples = generate("nut", n_train=12, n_test_good=4, n_test_defect=4, image_size=64, seed=2)
+    root = tmp_path / "nut"
+    write_category(samples, root, 64, 0.25, 0)
+    params = EvalParams(num_masks=2, sigma=1.0, batch_size=8, normalize_maps="position")
+    raw = evaluate_category(model, root, "imagenet", EvalParams(num_masks=2, sigma=1.0, batch_size=8),
+                            torch.device("cpu"))
+    first = evaluate_category(model, root, "imagenet", params, torch.device("cpu"))
+    assert first.position_stats is not None and first.position_stats.mean.shape == (64, 64)
+    expected = normalize_maps(torch.from_numpy(raw.maps), first.position_stats).numpy()
+    np.testing.assert_allclose(first.maps, expected, rtol=1e-5, atol=1e-5)
+
+    rows = read_manifest(root)  # relabelling the test set moves neither the statistics nor the thresholds
+    write_manifest(root / "manifest.csv",
+                   [dataclasses.replace(r, label=1 - r.label) if r.split == "test" else r for r in rows])
+    second = evaluate_category(model, root, "imagenet", params, torch.device("cpu"))
+    torch.testing.assert_close(second.position_stats.mean, first.position_stats.mean)
+    assert second.image_threshold == first.image_threshold

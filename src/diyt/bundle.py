@@ -1,18 +1,47 @@
-"""A trained model directory: `model.safetensors` (weights) and `config.json` (how to rebuild and feed it)."""
+"""Trained models and model bundles.
+
+A trained model directory (written by pre-training and fine-tuning) holds `model.safetensors` (the weights) and
+`config.json` (how to rebuild and feed them). A model bundle (written by the evaluate stage) is a trained model
+directory plus `bundle.json`: everything `diyt predict`, `diyt export` and the dashboard need to score an image
+exactly as the evaluation did — the preprocessing chain, the scoring settings that define the anomaly map, the
+image and pixel thresholds chosen on validation normals — with a format version and the weights' sha256.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
+from PIL import Image
 from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
 
-from diyt.config import ModelParams
+from diyt.config import EvalParams, ModelParams
+from diyt.data.dataset import NORMALIZATION
+from diyt.data.images import read_image
+from diyt.data.layout import read_manifest
 from diyt.errors import DiytError
+from diyt.eval.normalize import PositionStats
+from diyt.eval.scoring import ScoringConfig
+from diyt.io import atomic_dir, atomic_path, write_json
 from diyt.model import MaskedAutoencoder, build_model
-from diyt.train.checkpoint import CONFIG, WEIGHTS, load_into, load_weights
+from diyt.report.panels import colour_range
+from diyt.train.checkpoint import CONFIG, WEIGHTS, file_digest, load_into, load_weights
+
+if TYPE_CHECKING:
+    from diyt.eval.evaluate import Evaluation
+
+BUNDLE = "bundle.json"
+POSITION_STATS = "position_stats.safetensors"  # with eval.normalize_maps: position, the (H, W) mean and scale
+FORMAT_VERSION = 1
+MAP_SETTINGS = ("normalize_maps", "normalize_std_floor")  # eval params applied after `score_images`
+RESAMPLE = Image.Resampling.BICUBIC  # as prepare (to data.image_size) and AnomalyDataset (to the model's size)
 
 
 class Trained(NamedTuple):
@@ -31,9 +60,176 @@ def load_trained(model_dir: str | Path, device: torch.device | str = "cpu") -> T
         normalize = config["normalize"]
     except FileNotFoundError:
         raise DiytError(f"{model_dir / CONFIG}: missing; train the model first (dvc repro)") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValidationError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValidationError) as err:
         raise DiytError(f"{model_dir / CONFIG}: not a DiyT model config ({str(err).splitlines()[0]}); "
                         "train the model again") from None
     model = build_model(params)
     load_into(model, load_weights(model_dir / WEIGHTS), model_dir / WEIGHTS)
     return Trained(model.to(device).eval(), params, normalize, config)
+
+
+# ----------------------------------------------------------------------------------------------- bundle parts
+@dataclass(frozen=True)
+class Preprocess:
+    """The evaluation's input chain: any image -> RGB -> `prepared_size` -> `image_size` (BICUBIC, each a no-op
+    when the image is already that size) -> [0, 1] -> `normalize`. Prepare stores images at `prepared_size`
+    (data.image_size) and AnomalyDataset resizes them to the model's size, so both steps are needed."""
+
+    prepared_size: int
+    image_size: int
+    normalize: str
+
+    def load(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+        """The model input (S, S, 3) uint8 and the image at the prepared size (P, P, 3) uint8, for heat maps.
+
+        Raises DataError (naming the file) for a missing, corrupt or oversized image.
+        """
+        prepared = _resized(read_image(path, "RGB"), self.prepared_size)
+        return np.asarray(_resized(prepared, self.image_size)), np.asarray(prepared)
+
+
+def _resized(img: Image.Image, size: int) -> Image.Image:
+    return img if img.size == (size, size) else img.resize((size, size), RESAMPLE)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """From the validation normals only: a score (pixel value) at or above it is anomalous."""
+
+    image: float
+    pixel: float
+
+
+@dataclass
+class Bundle:
+    """A loaded model bundle: the model in eval mode and how to feed, score and judge it."""
+
+    path: Path
+    model: MaskedAutoencoder
+    params: ModelParams
+    preprocess: Preprocess
+    scoring: ScoringConfig
+    out_size: int  # side of the anomaly map, the prepared resolution the metrics are computed at
+    thresholds: Thresholds
+    display: tuple[float, float]  # the heat-map colour range of the evaluation's figures
+    weights_sha256: str
+    manifest: dict  # bundle.json as read
+    position: PositionStats | None = None  # per-pixel z-scoring of the maps against validation normals, if any
+
+    @property
+    def category(self) -> str:
+        return str(self.manifest.get("category", self.path.name))
+
+
+# ------------------------------------------------------------------------------------------------------ write
+def write_bundle(out_dir: str | Path, model_dir: str | Path, ev: Evaluation, params: EvalParams,
+                 category_dir: str | Path) -> None:
+    """The complete bundle of an evaluated model, written whole (atomically) to `out_dir`."""
+    model_dir, category_dir = Path(model_dir), Path(category_dir)
+    trained = load_trained(model_dir)  # refuses weights that do not rebuild before they are bundled
+    lo, hi = colour_range(ev.maps)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset": trained.config.get("dataset"),
+        "category": category_dir.name,
+        "weights_sha256": None,  # of the copy, below
+        "preprocess": dataclasses.asdict(Preprocess(prepared_size(category_dir), trained.model.arch.image_size,
+                                                    trained.normalize)),
+        "scoring": dataclasses.asdict(ScoringConfig.from_params(params))
+                   | params.model_dump(include=set(MAP_SETTINGS)),
+        "out_size": int(ev.maps.shape[-1]),
+        "thresholds": {"image": float(ev.image_threshold), "pixel": float(ev.pixel_threshold),
+                       "method": params.threshold, "quantile": params.threshold_quantile, "k": params.threshold_k,
+                       "num_val": int(ev.metrics["num_val"])},
+        "display": {"lo": lo, "hi": hi},
+    }
+    with atomic_dir(out_dir) as tmp:
+        shutil.copyfile(model_dir / WEIGHTS, tmp / WEIGHTS)  # a copy: the bundle must outlive a retraining
+        manifest["weights_sha256"] = file_digest(tmp / WEIGHTS)
+        shutil.copyfile(model_dir / CONFIG, tmp / CONFIG)
+        if ev.position_stats is not None:
+            with atomic_path(tmp / POSITION_STATS) as stats:  # (atomic_path also gives the usual permissions)
+                save_file({k: v.contiguous() for k, v in ev.position_stats._asdict().items()}, stats)
+            manifest["position_stats_sha256"] = file_digest(tmp / POSITION_STATS)
+        write_json(tmp / BUNDLE, manifest)
+
+
+def prepared_size(category_dir: Path) -> int:
+    """The side of a prepared category's images (data.image_size when it was prepared)."""
+    rows = read_manifest(category_dir)
+    with Image.open(category_dir / rows[0].path) as img:
+        return img.size[0]
+
+
+# ------------------------------------------------------------------------------------------------------- load
+def load_bundle(bundle_dir: str | Path, device: torch.device | str = "cpu") -> Bundle:
+    """Load a model bundle, checking its version, its parts and that the weights are the ones it was made with."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / BUNDLE
+    remake = "make it again with `dvc repro evaluate@<category>`"
+    if not bundle_dir.is_dir():
+        raise DiytError(f"{bundle_dir}: no such bundle folder; pass the folder the evaluate stage wrote "
+                        "(bundles/<dataset>/<category>)")
+    try:
+        manifest = json.loads(path.read_text())
+        version = manifest["format_version"] if isinstance(manifest, dict) else None
+    except FileNotFoundError:
+        raise DiytError(f"{path}: missing, so {bundle_dir} is not a DiyT model bundle; the evaluate stage writes "
+                        "bundles to bundles/<dataset>/<category> (`dvc repro evaluate@<category>`)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError) as err:
+        raise DiytError(f"{path}: not a DiyT bundle manifest ({err.__class__.__name__}: {err}); {remake}") from None
+    if version != FORMAT_VERSION:
+        raise DiytError(f"{path}: bundle format version {version!r}, but this DiyT reads version {FORMAT_VERSION}; "
+                        f"{remake}, or use the DiyT version that wrote it")
+    for part in (WEIGHTS, CONFIG):
+        if not (bundle_dir / part).is_file():
+            raise DiytError(f"{bundle_dir / part}: missing from the bundle; {remake}")
+    try:
+        pre, eval_params, thresholds, out_size, display, digest = _parse(manifest)
+    except (KeyError, TypeError, ValueError, ValidationError) as err:
+        raise DiytError(f"{path}: incomplete or invalid ({err.__class__.__name__}: "
+                        f"{str(err).splitlines()[0]}); {remake}") from None
+    scoring = ScoringConfig.from_params(eval_params)
+    if file_digest(bundle_dir / WEIGHTS) != digest:
+        raise DiytError(f"{bundle_dir / WEIGHTS}: not the weights this bundle was made with (changed or "
+                        f"truncated: sha256 differs from {BUNDLE}); {remake}")
+    position = None
+    if eval_params.normalize_maps == "position":
+        position = _position_stats(bundle_dir, manifest.get("position_stats_sha256"), out_size, remake)
+    trained = load_trained(bundle_dir, device)
+    if (trained.model.arch.image_size, trained.normalize) != (pre.image_size, pre.normalize):
+        raise DiytError(f"{path}: preprocess does not match {bundle_dir / CONFIG}; {remake}")
+    return Bundle(bundle_dir, trained.model, trained.params, pre, scoring, out_size, thresholds, display, digest,
+                  manifest, position)
+
+
+def _parse(manifest: dict) -> tuple[Preprocess, EvalParams, Thresholds, int, tuple[float, float], str]:
+    """The typed parts of bundle.json; KeyError, TypeError, ValueError or ValidationError when one is off."""
+    pre = manifest["preprocess"]
+    pre = Preprocess(_side(pre["prepared_size"]), _side(pre["image_size"]), str(pre["normalize"]))
+    if pre.normalize not in NORMALIZATION:
+        raise ValueError(f"preprocess.normalize {pre.normalize!r} is none of {', '.join(NORMALIZATION)}")
+    t, d = manifest["thresholds"], manifest["display"]
+    return (pre, EvalParams.model_validate(manifest["scoring"]), Thresholds(float(t["image"]), float(t["pixel"])),
+            _side(manifest["out_size"]), (float(d["lo"]), float(d["hi"])), str(manifest["weights_sha256"]))
+
+
+def _side(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8192:
+        raise ValueError(f"an image side must be an integer from 1 to 8192, got {value!r}")
+    return value
+
+
+def _position_stats(bundle_dir: Path, digest: str | None, out_size: int, remake: str) -> PositionStats:
+    """The per-pixel statistics the evaluation z-scored its maps with, each (out_size, out_size)."""
+    path = bundle_dir / POSITION_STATS
+    if not path.is_file():
+        raise DiytError(f"{path}: missing from the bundle (its maps are normalised per position); {remake}")
+    if file_digest(path) != digest:
+        raise DiytError(f"{path}: not the statistics this bundle was made with (sha256 differs from {BUNDLE}); "
+                        f"{remake}")
+    tensors = load_file(path)
+    stats = PositionStats(*(tensors[name].float() for name in PositionStats._fields))
+    if any(t.shape != (out_size, out_size) for t in stats):
+        raise DiytError(f"{path}: statistics are not {out_size}x{out_size} like the maps; {remake}")
+    return stats

@@ -179,6 +179,8 @@ class EvalParams(Section):
     sigma: Annotated[float, Field(ge=0.0)] = 4.0  # Gaussian smoothing of the anomaly map, in pixels
     image_score: Literal["max", "topk"] = "max"
     topk_fraction: Fraction = 0.01
+    normalize_maps: Literal["none", "position"] = "none"  # z-score each pixel against the validation maps
+    normalize_std_floor: Annotated[float, Field(gt=0.0)] = 0.1  # added to the std, x its mean over pixels
     threshold: Literal["quantile", "mean_std"] = "quantile"
     threshold_quantile: Fraction = 0.99
     threshold_k: Annotated[float, Field(ge=0.0)] = 3.0

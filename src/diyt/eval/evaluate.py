@@ -16,7 +16,8 @@ from diyt.data.images import read_image
 from diyt.data.layout import Row
 from diyt.errors import DataError
 from diyt.eval import metrics
-from diyt.eval.scoring import Scores, ScoringConfig, partitions, score_images
+from diyt.eval.normalize import PositionStats, normalize_leave_one_out, normalize_maps, position_stats
+from diyt.eval.scoring import Scores, ScoringConfig, image_scores, partitions, score_images
 from diyt.eval.thresholds import image_threshold, pixel_threshold
 from diyt.model import MaskedAutoencoder
 
@@ -36,6 +37,7 @@ class Evaluation:
     image_threshold: float
     pixel_threshold: float
     metrics: dict
+    position_stats: PositionStats | None = None  # (H, W) maps the test maps were z-scored with, if any
 
 
 def score_dataset(model: MaskedAutoencoder, dataset: AnomalyDataset, config: ScoringConfig, out_size: int,
@@ -43,12 +45,20 @@ def score_dataset(model: MaskedAutoencoder, dataset: AnomalyDataset, config: Sco
     """Score every image of `dataset` in batches; results on the CPU in dataset order."""
     parts = partitions(model.num_patches, config)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    out: list[Scores] = []
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            scores = score_images(model, batch["image"].to(device), config, out_size, parts)
-        out.append(Scores(*(t.float().cpu() for t in scores)))
+    out = [score_batch(model, batch["image"], config, out_size, parts, device)
+           for batch in tqdm(loader, desc=desc, unit="batch", leave=False)]
     return Scores(*(torch.cat(ts) for ts in zip(*out)))
+
+
+def score_batch(model: MaskedAutoencoder, images: torch.Tensor, config: ScoringConfig, out_size: int,
+                parts: torch.Tensor, device: torch.device) -> Scores:
+    """Score one batch of normalised images (N, 3, h, w) on `device` (bf16 autocast on CUDA); results on the CPU.
+
+    The one scoring call of both the evaluation and `diyt predict`, so the two agree bit for bit.
+    """
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        scores = score_images(model, images.to(device), config, out_size, parts)
+    return Scores(*(t.float().cpu() for t in scores))
 
 
 def _to_uint8(images: torch.Tensor, normalize: str) -> np.ndarray:
@@ -69,6 +79,9 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
     out_size = out_size or _prepared_size(test)
     val_scores = score_dataset(model, val, config, out_size, params.batch_size, device, "score val")
     test_scores = score_dataset(model, test, config, out_size, params.batch_size, device, "score test")
+    stats = None
+    if params.normalize_maps == "position":
+        stats, val_scores, test_scores = _normalize_by_position(val_scores, test_scores, params, category_dir)
     t_image = image_threshold(val_scores.score.numpy(), params.threshold, params.threshold_quantile,
                               params.threshold_k)
     t_pixel = pixel_threshold(val_scores.anomaly_map.numpy(), params.threshold, params.threshold_quantile,
@@ -87,7 +100,23 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
                    num_val=len(val))
     return Evaluation(test.rows, labels, scores, maps, masks, test.images.permute(0, 2, 3, 1).numpy(),
                       _to_uint8(test_scores.reconstruction, normalize), val_scores.score.numpy(), t_image, t_pixel,
-                      summary)
+                      summary, stats)
+
+
+def _normalize_by_position(val: Scores, test: Scores, params: EvalParams,
+                           category_dir: Path) -> tuple[PositionStats, Scores, Scores]:
+    """Maps z-scored per pixel: test against all validation maps, each validation map leave-one-out; rescored."""
+    if len(val.score) < 3:
+        raise DataError(f"{category_dir}: eval.normalize_maps 'position' needs at least 3 validation images, "
+                        f"got {len(val.score)}; raise data.val_fraction or set it to 'none'")
+    stats = position_stats(val.anomaly_map, params.normalize_std_floor)
+    val_maps = normalize_leave_one_out(val.anomaly_map, params.normalize_std_floor)  # (N_val, H, W)
+    test_maps = normalize_maps(test.anomaly_map, stats)  # (N_test, H, W)
+
+    def rescored(scores: Scores, maps: torch.Tensor) -> Scores:
+        return Scores(image_scores(maps, params.image_score, params.topk_fraction), maps, scores.reconstruction)
+
+    return stats, rescored(val, val_maps), rescored(test, test_maps)
 
 
 def _prepared_size(dataset: AnomalyDataset) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 from diyt.eval import metrics
 from diyt.eval.evaluate import Evaluation
 from diyt.io import atomic_dir, write_json
-from diyt.report.panels import panel
+from diyt.report.panels import colour_range, panel
 
 
 def _points(curve: metrics.Curve, x: str, y: str) -> list[dict[str, float]]:
@@ -39,7 +39,7 @@ def write_plots(ev: Evaluation, plots_dir: Path) -> None:
 
 def write_figures(ev: Evaluation, figures_dir: Path) -> None:
     """One PNG per test image, named <defect_type>_<name>.png; the colour scale is shared across the category."""
-    lo, hi = float(np.quantile(ev.maps, 0.01)), float(ev.maps.max())
+    lo, hi = colour_range(ev.maps)
     with atomic_dir(figures_dir) as tmp:
         for i, row in enumerate(ev.rows):
             verdict = "anomalous" if ev.scores[i] >= ev.image_threshold else "normal"

@@ -10,6 +10,7 @@ the image score is the map's maximum or the mean of its top-k pixels.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -63,13 +64,18 @@ def reconstruct(model: MaskedAutoencoder, images: Tensor, masks: Tensor) -> Tens
     return model.unpatchify((pred * keep).sum(dim=0))
 
 
-def ssim_map(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
-    """Local SSIM (N, C, h, w) with a Gaussian window, on inputs scaled to unit dynamic range."""
+def ssim_map(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5,
+             blur: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Local SSIM (N, C, h, w) with a Gaussian window, on inputs scaled to unit dynamic range.
+
+    `blur` replaces the window's blur by an equal one (the ONNX graph's separable blur, `diyt.export`).
+    """
     c1, c2 = 0.01**2, 0.03**2
 
-    def blur(t: Tensor) -> Tensor:
+    def gaussian(t: Tensor) -> Tensor:
         return gaussian_blur(t, [window, window], [sigma, sigma])
 
+    blur = blur or gaussian
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x**2
     var_y = blur(y * y) - mu_y**2
@@ -77,14 +83,15 @@ def ssim_map(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tens
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
 
 
-def error_map(images: Tensor, recon: Tensor, ssim_weight: float) -> Tensor:
+def error_map(images: Tensor, recon: Tensor, ssim_weight: float,
+              ssim_blur: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Per-pixel error (N, h, w): mean squared error over channels, mixed with (1 - SSIM) / 2 by weight."""
     l2 = (recon - images).square().mean(dim=1)
     if ssim_weight == 0:
         return l2
     lo = images.amin(dim=(1, 2, 3), keepdim=True)
     span = (images.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-6)
-    ssim = ssim_map((images - lo) / span, (recon - lo) / span).mean(dim=1)
+    ssim = ssim_map((images - lo) / span, (recon - lo) / span, blur=ssim_blur).mean(dim=1)
     return (1 - ssim_weight) * l2 + ssim_weight * (1 - ssim) / 2
 
 
@@ -115,8 +122,17 @@ def score_images(model: MaskedAutoencoder, images: Tensor, config: ScoringConfig
         recon = reconstruct(model, images, masks)
         recons.append(recon)
         errors.append(error_map(images.float(), recon, config.ssim_weight))
-    error = torch.stack(errors).mean(dim=0)  # (N, h, w)
+    score, maps = reduce_errors(torch.stack(errors), config, out_size)
+    return Scores(score, maps, torch.stack(recons).mean(dim=0))
+
+
+def reduce_errors(errors: Tensor, config: ScoringConfig, out_size: int,
+                  blur: Callable[[Tensor, float], Tensor] = smooth) -> tuple[Tensor, Tensor]:
+    """Per-partition errors (R, N, h, w) -> image scores (N,) and smoothed maps (N, out_size, out_size).
+
+    Shared with the ONNX graph (`diyt.export`, which passes a separable `blur`), so both score alike.
+    """
+    error = errors.mean(dim=0)  # (N, h, w)
     maps = F.interpolate(error[:, None], size=(out_size, out_size), mode="bilinear", align_corners=False)[:, 0]
-    maps = smooth(maps, config.sigma)
-    return Scores(image_scores(maps, config.image_score, config.topk_fraction), maps,
-                  torch.stack(recons).mean(dim=0))
+    maps = blur(maps, config.sigma)
+    return image_scores(maps, config.image_score, config.topk_fraction), maps

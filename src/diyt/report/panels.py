@@ -10,6 +10,11 @@ from scipy import ndimage
 _JET = colormaps["jet"]
 
 
+def colour_range(maps: np.ndarray) -> tuple[float, float]:
+    """The heat-map scale shared by a category's figures (N, H, W): its 1st percentile to its maximum."""
+    return float(np.quantile(maps, 0.01)), float(maps.max())
+
+
 def heat(anomaly_map: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """(H, W) float -> (H, W, 3) uint8 jet colours, scaled from lo to hi."""
     scaled = np.clip((anomaly_map - lo) / max(hi - lo, 1e-12), 0, 1)

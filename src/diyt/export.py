@@ -1,0 +1,186 @@
+"""ONNX export of the whole multi-mask scoring, so a deployment needs onnxruntime and no PyTorch.
+
+At inference the complementary masks are fixed (`diyt.eval.scoring.partitions`, drawn from the scoring seed), so
+every index that the eager model derives from a mask (`visible_indices`) is a constant of the graph: the graph is
+normalise -> patchify -> K hidden-patch passes (one batch of K*N) -> keep each patch from the pass that hid it ->
+error (for each of the R partitions, averaged) -> bilinear upsampling -> Gaussian smoothing -> per-position
+z-scores (when the bundle has them) -> image score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diyt.bundle import Bundle
+from diyt.data.dataset import NORMALIZATION
+from diyt.errors import DiytError
+from diyt.eval.normalize import PositionStats
+from diyt.eval.scoring import ScoringConfig, error_map, image_scores, partitions, reduce_errors
+from diyt.io import atomic_path
+from diyt.model import MaskedAutoencoder, visible_indices
+
+MIN_OPSET = 18  # the oldest the exporter writes
+OPSET = 23  # opset 23 has Attention and Gelu: fused kernels in onnxruntime (18 works, ~15% slower)
+INPUT, SCORE, MAP = "image", "score", "anomaly_map"
+# onnxruntime against PyTorch: relative, plus an absolute floor as a fraction of the map's largest magnitude, for
+# z-scored maps cross zero where no relative tolerance holds (SSIM's variance terms amplify the last-bit
+# differences of two blur implementations most there)
+PARITY_RTOL, PARITY_ATOL = 1e-4, 1e-5
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # `diyt.eval.scoring.ssim_map`'s window (the parity test holds them equal)
+
+
+class SeparableBlur(nn.Module):
+    """torchvision's `gaussian_blur` (reflect padding, normalised kernel) as two 1-D convolutions with a constant
+    kernel: 2k instead of k^2 taps per pixel, and Conv1d over (rows, 1, W), which onnxruntime runs far faster
+    than a one- or three-channel Conv2d (together a quarter of the graph's time)."""
+
+    def __init__(self, size: int, sigma: float) -> None:
+        super().__init__()
+        x = torch.linspace(-(size // 2), size // 2, size)
+        pdf = torch.exp(-0.5 * (x / sigma) ** 2) if sigma > 0 else torch.ones(size)
+        self.register_buffer("kernel", (pdf / pdf.sum()).view(1, 1, size), persistent=False)
+
+    @classmethod
+    def smoothing(cls, sigma: float) -> nn.Module:
+        """`diyt.eval.scoring.smooth`: truncated at 4 sigma; sigma 0 is no smoothing."""
+        return cls(2 * math.ceil(4 * sigma) + 1, sigma) if sigma > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., H, W) -> (..., H, W)
+        pad = self.kernel.shape[-1] // 2
+        *lead, h, w = x.shape
+        x = F.pad(x.reshape(-1, 1, h, w), [pad] * 4, mode="reflect")[:, 0]  # (B, H + 2p, W + 2p)
+        x = F.conv1d(x.reshape(-1, 1, w + 2 * pad), self.kernel).view(-1, h + 2 * pad, w)  # along rows
+        x = F.conv1d(x.transpose(1, 2).reshape(-1, 1, h + 2 * pad), self.kernel)  # along columns
+        return x.view(-1, w, h).transpose(1, 2).reshape(*lead, h, w)
+
+
+class PositionNorm(nn.Module):
+    """`diyt.eval.normalize.normalize_maps`: (N, H, W) maps as z-scores against the validation normals' (H, W)."""
+
+    def __init__(self, stats: PositionStats) -> None:
+        super().__init__()
+        self.register_buffer("mean", stats.mean.clone(), persistent=False)
+        self.register_buffer("scale", stats.scale.clone(), persistent=False)
+
+    def forward(self, maps: Tensor) -> Tensor:
+        return (maps - self.mean) / self.scale
+
+
+class ScoringGraph(nn.Module):
+    """(N, 3, S, S) RGB in [0, 1] at the model's size -> score (N,), anomaly map (N, out_size, out_size).
+
+    The computation of `diyt predict` (`diyt.eval.scoring.score_images`, then the bundle's per-position
+    z-scores), with the masks' index tensors precomputed and the blurs separable.
+    """
+
+    def __init__(self, model: MaskedAutoencoder, scoring: ScoringConfig, out_size: int, normalize: str,
+                 position: PositionStats | None = None) -> None:
+        super().__init__()
+        self.model, self.scoring, self.out_size = model, scoring, out_size
+        parts = partitions(model.num_patches, scoring)  # (R, K, L)
+        self.repeats, self.passes = parts.shape[:2]
+        ids_keep, ids_restore = visible_indices(parts.flatten(0, 1))  # (R*K, Lv), (R*K, L)
+        self.register_buffer("ids_keep", ids_keep.view(*parts.shape[:2], -1), persistent=False)
+        self.register_buffer("ids_restore", ids_restore.view(parts.shape), persistent=False)
+        self.register_buffer("keep", parts[:, :, None, :, None].float(), persistent=False)  # (R, K, 1, L, 1)
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATION[normalize])
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+        self.smooth = SeparableBlur.smoothing(scoring.sigma)
+        self.ssim_blur = SeparableBlur(SSIM_WINDOW, SSIM_SIGMA)
+        self.map_norm = PositionNorm(position) if position is not None else nn.Identity()
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> ScoringGraph:
+        return cls(bundle.model, bundle.scoring, bundle.out_size, bundle.preprocess.normalize, bundle.position)
+
+    def reconstruct(self, images: Tensor, repeat: int) -> Tensor:
+        """(N, C, h, w) -> each patch predicted by the pass of partition `repeat` that hid it, (N, C, h, w)."""
+        n, k, model = images.shape[0], self.passes, self.model
+        tokens, target = model.patchify(images)  # (N, L, D), (N, L, T): once, not once per pass
+        tokens, target = tokens.repeat(k, 1, 1), target.repeat(k, 1, 1)  # (K*N, ...), pass-major
+        ids_keep = self.ids_keep[repeat][:, None].expand(-1, n, -1).flatten(0, 1)  # (K*N, Lv)
+        ids_restore = self.ids_restore[repeat][:, None].expand(-1, n, -1).flatten(0, 1)  # (K*N, L)
+        latent, outputs = model.encoder(tokens, ids_keep)
+        hidden = [outputs[i - 1] for i in model.aggregator.layers]
+        pred = model.forward_decoder(model.aggregate(latent, hidden), ids_restore)
+        pred = model.denormalize(pred, target).float()  # (K*N, L, T)
+        pred = pred.view(k, n, *pred.shape[1:])
+        return model.unpatchify((pred * self.keep[repeat]).sum(dim=0))
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        images = (pixels - self.mean) / self.std
+        errors = [error_map(images, self.reconstruct(images, r), self.scoring.ssim_weight, self.ssim_blur)
+                  for r in range(self.repeats)]
+        _, maps = reduce_errors(torch.stack(errors), self.scoring, self.out_size, lambda m, _: self.smooth(m))
+        maps = self.map_norm(maps)
+        return image_scores(maps, self.scoring.image_score, self.scoring.topk_fraction), maps
+
+
+def export_onnx(bundle: Bundle, out: str | Path, opset: int = OPSET, verify: bool = True) -> Path:
+    """Write the bundle's scoring graph to `out` (dynamic batch axis), atomically; metadata ties it to the bundle.
+
+    With `verify`, onnxruntime must reproduce `diyt predict`'s PyTorch maps on random images (PARITY_RTOL,
+    PARITY_ATOL), or nothing is written.
+    """
+    import onnx
+
+    out = Path(out)
+    bundle.model.cpu().float().eval()
+    graph = ScoringGraph.from_bundle(bundle).eval()
+    size = bundle.preprocess.image_size
+    pixels = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)  # (N, S, S, 3)
+    example = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+    with atomic_path(out) as tmp, torch.no_grad():
+        program = torch.onnx.export(graph, (example,), dynamo=True, opset_version=opset, external_data=False,
+                                    input_names=[INPUT], output_names=[SCORE, MAP],
+                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False)
+        proto = program.model_proto
+        for key, value in onnx_metadata(bundle).items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        if verify:
+            _verify(tmp, bundle, pixels)
+    return out
+
+
+def _verify(path: Path, bundle: Bundle, pixels: np.ndarray) -> None:
+    """onnxruntime against PyTorch on `pixels` (N, S, S, 3) uint8; a disagreement is a bug of the export."""
+    from diyt.predict import OnnxScorer, TorchScorer
+
+    t_score, t_map = TorchScorer(bundle, torch.device("cpu"))(pixels)
+    o_score, o_map = OnnxScorer(path)(pixels)
+    atol = PARITY_ATOL * float(np.abs(t_map).max())
+    try:
+        np.testing.assert_allclose(o_map, t_map, rtol=PARITY_RTOL, atol=atol)
+        np.testing.assert_allclose(o_score, t_score, rtol=PARITY_RTOL, atol=atol)
+    except AssertionError as err:
+        raise RuntimeError(f"{path}: the exported graph disagrees with PyTorch:{err}") from None
+
+
+def onnx_metadata(bundle: Bundle) -> dict[str, str]:
+    """What an ONNX file says about the bundle it came from: the weights' digest, sizes and thresholds."""
+    return {"diyt.weights_sha256": bundle.weights_sha256, "diyt.bundle": json.dumps(bundle.manifest)}
+
+
+def check_onnx_matches(path: Path, bundle: Bundle) -> None:
+    """Refuse an ONNX file exported from other weights than the bundle's."""
+    import onnx
+
+    try:
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except FileNotFoundError:
+        raise DiytError(f"{path}: no such ONNX file; write it with `python -m diyt export`") from None
+    except Exception as err:  # noqa: BLE001 - onnx raises its own DecodeError and friends
+        raise DiytError(f"{path}: not a readable ONNX file ({err.__class__.__name__}); export it again") from None
+    if meta.get("diyt.weights_sha256") != bundle.weights_sha256:
+        raise DiytError(f"{path}: exported from other weights than the bundle {bundle.path}; "
+                        "export it again from this bundle")

@@ -1,0 +1,45 @@
+"""A micro model bundle made the way the evaluate stage makes one: a prepared category, its evaluation, its bundle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from diyt.bundle import write_bundle
+from diyt.config import EvalParams, parse_params
+from diyt.data.layout import read_manifest, write_category
+from diyt.data.synthetic import generate
+from diyt.eval.evaluate import Evaluation, evaluate_category
+from diyt.model import build_model
+from diyt.train.checkpoint import save_model
+
+MICRO = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+         "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2, "aggregate_layers": [1]}
+PREPARED = 48  # prepared (storage) size above the model's 32 px, so predict must resize twice like the pipeline
+
+
+@dataclass(frozen=True)
+class MicroBundle:
+    bundle: Path
+    category: Path  # the prepared category
+    evaluation: Evaluation
+
+    @property
+    def test_images(self) -> list[Path]:
+        return [self.category / r.path for r in read_manifest(self.category) if r.split == "test"]
+
+
+def make_bundle(tmp: Path, params: EvalParams, category: str = "weave") -> MicroBundle:
+    """An untrained micro model (its scores are as good as any for parity), evaluated and bundled under `tmp`."""
+    torch.manual_seed(0)
+    model_params = parse_params({"model": MICRO, "data": {"image_size": PREPARED}}).model
+    model = build_model(model_params).eval()
+    save_model(tmp / "model", model, {"model": model_params.model_dump(mode="json"), "normalize": "imagenet",
+                                      "dataset": "synthetic", "categories": [category]})
+    samples = generate(category, n_train=12, n_test_good=3, n_test_defect=5, image_size=PREPARED, seed=0)
+    write_category(samples, tmp / category, PREPARED, 0.25, 0)
+    ev = evaluate_category(model, tmp / category, "imagenet", params, torch.device("cpu"))
+    write_bundle(tmp / "bundle", tmp / "model", ev, params, tmp / category)
+    return MicroBundle(tmp / "bundle", tmp / category, ev)
