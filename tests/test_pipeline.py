@@ -11,7 +11,7 @@ from dvc_repo import make_repo
 
 MICRO = {
     "data": {"categories": ["weave", "nut"], "image_size": 32,
-             "synthetic": {"n_train": 8, "n_test_good": 3, "n_test_defect": 5}, "val_fraction": 0.25},
+             "synthetic": {"n_train": 8, "n_test_good": 3, "n_test_defect": 5}, "val_fraction": 0.4},
     "model": {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
               "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2, "aggregate_layers": [1]},
     "train": {"pretrain": {"steps": 3, "batch_size": 4, "warmup_steps": 1},
