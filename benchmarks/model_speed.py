@@ -14,27 +14,15 @@ import torch
 
 from diyt.config import ModelParams
 from diyt.model import build_model, forward_flops
+from roofline import matmul_flops, sync
 
 BATCH = {"tiny": 32, "small": 8, "seed": 4}  # CPU batches; seed is a GPU preset
 ITERS = {"tiny": 6, "small": 4, "seed": 3}
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
-    """Best GFLOP/s of an (n x n) @ (n x n) float32 matmul."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    best = float("inf")
-    for _ in range(reps + 1):
-        sync(device)
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+def matmul_gflops(device: torch.device) -> float:
+    """Best GFLOP/s of a 2048^3 float32 matmul."""
+    return matmul_flops(device) / 1e9
 
 
 def step_seconds(model: torch.nn.Module, imgs: torch.Tensor, iters: int, warmup: int = 1) -> float:

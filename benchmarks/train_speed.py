@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import resource
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,27 +28,10 @@ from diyt.data.sample import Sample
 from diyt.model import ArchConfig, build_model, forward_flops
 from diyt.train import Checkpointing, train, train_images
 from diyt.train.distributed import start
+from roofline import matmul_flops
 
 MVTEC_AD_TRAIN_IMAGES = 3629  # train/good images of the 15 categories together
 GPU_BATCH = {"tiny": 256, "small": 128, "seed": 64}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_flops(device: torch.device, dtype: torch.dtype, n: int, reps: int = 5) -> float:
-    """Best FLOP/s of an (n x n) @ (n x n) matmul in `dtype`: the roof that utilisation is measured against."""
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    best = float("inf")
-    for _ in range(reps + 1):
-        sync(device)
-        began = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - began)
-    return 2 * n**3 / best
 
 
 def stand_in(root: Path, size: int, count: int) -> Path:

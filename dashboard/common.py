@@ -15,6 +15,7 @@ import streamlit as st
 
 from diyt import inference, results
 from diyt.bundle import Bundle
+from diyt.errors import DiytError
 from diyt.predict import TorchScorer
 from diyt.report.results import CategoryResults, load_category
 
@@ -77,6 +78,14 @@ def summary(root: Path, dataset: str, rev: str, version: int) -> dict | None:
 @st.cache_data(show_spinner=False)
 def category(root: Path, dataset: str, name: str, version: int) -> CategoryResults:
     return load_category(Project(root).reports / dataset / CATEGORIES, name)
+
+
+def selected_category(p, sel) -> CategoryResults:
+    """The selected category's results; without them the page says how to produce them and stops."""
+    try:
+        return category(p.root, sel.dataset, sel.category, stamp(p))
+    except DiytError as err:
+        repro_hint(str(err))
 
 
 @st.cache_data(show_spinner=False)

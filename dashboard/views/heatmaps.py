@@ -10,7 +10,6 @@ import streamlit as st
 
 import common
 from diyt import results
-from diyt.errors import DiytError
 
 COLUMNS = 2
 SHOW = (12, 24, 48, 100, 500)
@@ -49,10 +48,7 @@ def gallery_ui(items: pd.DataFrame) -> None:
 
 p = common.project()
 sel = common.selection()
-try:
-    res = common.category(p.root, sel.dataset, sel.category, common.stamp(p))
-except DiytError as err:
-    common.repro_hint(str(err))
+res = common.selected_category(p, sel)
 frame = results.scores_frame(res)
 threshold = st.session_state.get(common.threshold_key(sel), res.threshold)
 

@@ -51,10 +51,7 @@ def histogram(frame: pd.DataFrame, chosen: float, validation: float) -> alt.Laye
 
 p = common.project()
 sel = common.selection()
-try:
-    res = common.category(p.root, sel.dataset, sel.category, common.stamp(p))
-except DiytError as err:
-    common.repro_hint(str(err))
+res = common.selected_category(p, sel)
 frame = results.scores_frame(res)
 
 st.title(f"Threshold explorer · {sel.dataset} / {sel.category}")
