@@ -65,7 +65,7 @@ def _runs(table: object) -> Iterator[dict]:
 
 def collect(summary: str) -> list[dict]:
     rows = []
-    table = json.loads(dvc("exp", "show", "--json"))
+    table = json.loads(dvc("exp", "show", "--json", "--all-commits"))  # experiments of older baselines too
     for run in _runs(table):
         if run["name"] not in ROWS:
             continue

@@ -128,7 +128,7 @@ def ablation_section(ablation: Ablation | None, ablation_path: Path) -> Section:
         return Section("ablation", "7. Ablation", [Paragraph(
             f"No ablation results yet: `{ablation_path}` does not exist. `{HOW_TO_RUN}` runs the ablation (plain "
             "MAE, each seed feature added alone, full DiyT) as DVC experiments and writes it (format: "
-            "`diyt.report.ablation`); then render the report again with `dvc repro -f report`.")])
+            "`diyt.report.ablation`); then render the report again with `dvc repro -s -f report`.")])
     columns, rows = ablation_table(ablation)
     return Section("ablation", "7. Ablation", [
         Paragraph(f"From `{ablation_path}`" + (f" ({ablation.dataset})" if ablation.dataset else "")
