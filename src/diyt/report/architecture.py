@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from diyt.config import ModelParams
 from diyt.errors import DiytError
 from diyt.model.masking import num_masked
+from diyt.model.presets import ArchConfig
 
 NORM_NAMES = {"dyt": "DyT", "layernorm": "LayerNorm"}
 POS_NAMES = {"hybrid": "hybrid: sin-cos\n+ learned table", "sincos": "fixed 2-D sin-cos", "learned": "learned table"}
@@ -32,17 +33,9 @@ class ArchitectureSpec:
     """What the figure shows, read off the built model."""
 
     preset: str
-    image_size: int
-    patch_size: int
+    arch: ArchConfig  # the resolved sizes
     grid: tuple[int, int]
     target_dim: int  # values predicted per token
-    embed_dim: int
-    depth: int
-    num_heads: int
-    decoder_embed_dim: int
-    decoder_depth: int
-    decoder_num_heads: int
-    mlp_ratio: float
     norm: str
     dyt_alpha: float
     pos_embed: str
@@ -86,10 +79,7 @@ def architecture_spec(params: ModelParams) -> ArchitectureSpec:
     counts = {name: sum(p.numel() for p in part.parameters()) for name, part in model.named_children()}
     arch = params.arch
     return ArchitectureSpec(
-        preset=params.preset, image_size=arch.image_size, patch_size=arch.patch_size,
-        grid=tuple(model.source.grid_size), target_dim=model.source.target_dim, embed_dim=arch.embed_dim,
-        depth=arch.depth, num_heads=arch.num_heads, decoder_embed_dim=arch.decoder_embed_dim,
-        decoder_depth=arch.decoder_depth, decoder_num_heads=arch.decoder_num_heads, mlp_ratio=arch.mlp_ratio,
+        preset=params.preset, arch=arch, grid=tuple(model.source.grid_size), target_dim=model.source.target_dim,
         norm=params.norm, dyt_alpha=params.dyt_alpha, pos_embed=params.pos_embed, masking=params.masking,
         mask_ratio=params.mask_ratio, num_hidden=num_masked(model.num_patches, params.mask_ratio),
         aggregate_layers=tuple(model.aggregator.layers), aggregate_mode=params.aggregate_mode,
@@ -106,7 +96,7 @@ def fam_text(spec: ArchitectureSpec) -> str:
     if not spec.aggregate_layers:
         return "no FeatureAggregationModule (model.aggregate_layers: [])"
     layers = ", ".join(map(str, spec.aggregate_layers))
-    k, d, dd = len(spec.aggregate_layers), spec.embed_dim, spec.decoder_embed_dim
+    k, d, dd = len(spec.aggregate_layers), spec.arch.embed_dim, spec.arch.decoder_embed_dim
     fuse = (f"softmax-weighted sum → Linear {d}→{dd}" if spec.aggregate_mode == "weighted"
             else f"concat ({k}×{d}) → Linear {k * d}→{dd}")
     return (f"FeatureAggregationModule: encoder layers {layers} (orange)\n"
@@ -155,7 +145,7 @@ class _Canvas:
 def architecture_figure(spec: ArchitectureSpec) -> Figure:
     """Encoder path left to right on top, the aggregation under it, the decoder path right to left below."""
     c = _Canvas(14.0, 6.6)
-    s, p, (gr, gc), d, dd = spec.image_size, spec.patch_size, spec.grid, spec.embed_dim, spec.decoder_embed_dim
+    s, p, (gr, gc), d, dd = spec.arch.image_size, spec.arch.patch_size, spec.grid, spec.arch.embed_dim, spec.arch.decoder_embed_dim
     visible = spec.num_patches - spec.num_hidden
     n = {k: _millions(v) for k, v in spec.parameters.items()}
     c.text(0.15, 6.3, f"DiyT architecture, preset '{spec.preset}': {n['total']} parameters (patch embed "
@@ -175,10 +165,10 @@ def architecture_figure(spec: ArchitectureSpec) -> Figure:
     for a, b in ((1.5, 1.8), (3.4, 3.7), (5.2, 5.5), (7.15, enc_x)):
         c.arrow((a, top + h / 2), (b, top + h / 2))
     c.ax.plot([enc_x, 12.45], [top + h / 2] * 2, color="#444444", lw=1.3, zorder=1)
-    c.text(enc_x + enc_w / 2, top + h + 0.25, f"Encoder: {spec.depth} × ViT block, width {d}, {spec.num_heads} "
-                                              f"heads, MLP {round(d * spec.mlp_ratio)}, {spec.norm_name}",
+    c.text(enc_x + enc_w / 2, top + h + 0.25, f"Encoder: {spec.arch.depth} × ViT block, width {d}, {spec.arch.num_heads} "
+                                              f"heads, MLP {round(d * spec.arch.mlp_ratio)}, {spec.norm_name}",
            ha="center", va="center", size=9.5)
-    centres = c.blocks(enc_x, top, enc_w, h, spec.depth, "encoder", spec.aggregate_layers)
+    centres = c.blocks(enc_x, top, enc_w, h, spec.arch.depth, "encoder", spec.aggregate_layers)
     c.arrow((12.15, top + h / 2), (12.45, top + h / 2))
     alpha = f"\nα₀ = {spec.dyt_alpha:g}" if spec.norm == "dyt" else ""
     c.box(12.45, top, 1.4, h, f"{spec.norm_name}{alpha}\nlatent\n(1+{visible})×{d}", "norm")
@@ -206,9 +196,9 @@ def architecture_figure(spec: ArchitectureSpec) -> Figure:
                                 f"+ positions\n({spec.pos_embed})", "embed")
     dec_x, dec_w = 7.45, 1.9
     c.ax.plot([7.1, 9.65], [bottom + h / 2] * 2, color="#444444", lw=1.3, zorder=1)
-    c.blocks(dec_x, bottom, dec_w, h, spec.decoder_depth, "decoder", reverse=True)
-    c.text(dec_x + dec_w / 2, bottom - 0.25, f"Decoder: {spec.decoder_depth} × ViT block, width {dd}, "
-                                             f"{spec.decoder_num_heads} heads, {spec.norm_name}",
+    c.blocks(dec_x, bottom, dec_w, h, spec.arch.decoder_depth, "decoder", reverse=True)
+    c.text(dec_x + dec_w / 2, bottom - 0.25, f"Decoder: {spec.arch.decoder_depth} × ViT block, width {dd}, "
+                                             f"{spec.arch.decoder_num_heads} heads, {spec.norm_name}",
            ha="center", va="center", size=9.5)
     c.arrow((dec_x, bottom + h / 2), (7.15, bottom + h / 2))
     c.box(5.5, bottom, 1.65, h, f"{spec.norm_name} + Linear head\n{dd}→{spec.target_dim}\n"
@@ -227,14 +217,14 @@ def architecture_rows(spec: ArchitectureSpec) -> list[list[str]]:
     layers = ", ".join(map(str, spec.aggregate_layers)) or "off"
     return [
         ["preset", spec.preset],
-        ["token grid", f"{spec.grid[0]}×{spec.grid[1]} = {spec.num_patches} patches of {spec.patch_size} px "
-                       f"({spec.image_size} px input)"],
-        ["encoder", f"{spec.depth} blocks, width {spec.embed_dim}, {spec.num_heads} heads, "
-                    f"MLP ratio {spec.mlp_ratio:g}"],
+        ["token grid", f"{spec.grid[0]}×{spec.grid[1]} = {spec.num_patches} patches of {spec.arch.patch_size} px "
+                       f"({spec.arch.image_size} px input)"],
+        ["encoder", f"{spec.arch.depth} blocks, width {spec.arch.embed_dim}, {spec.arch.num_heads} heads, "
+                    f"MLP ratio {spec.arch.mlp_ratio:g}"],
         ["FeatureAggregationModule", f"layers {layers}" + (f" ({spec.aggregate_mode})" if spec.aggregate_layers
                                                            else "")],
-        ["decoder", f"{spec.decoder_depth} blocks, width {spec.decoder_embed_dim}, "
-                    f"{spec.decoder_num_heads} heads"],
+        ["decoder", f"{spec.arch.decoder_depth} blocks, width {spec.arch.decoder_embed_dim}, "
+                    f"{spec.arch.decoder_num_heads} heads"],
         ["norm", spec.norm_name + (f" (α₀ = {spec.dyt_alpha:g})" if spec.norm == "dyt" else "")],
         ["positional embedding", spec.pos_embed],
         ["masking", f"{spec.masking}, ratio {spec.mask_ratio:g} ({spec.num_hidden} of {spec.num_patches} hidden)"],
