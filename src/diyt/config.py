@@ -200,6 +200,11 @@ class Params(Section):
         if self.model.arch.image_size > self.data.image_size:
             raise ValueError(f"data.image_size: {self.data.image_size} is smaller than the model's "
                              f"image_size {self.model.arch.image_size}; prepare at least that size")
+        patches, k = self.model.arch.num_patches, self.eval.num_masks
+        if patches % k:  # every scoring pass must hide as many patches as the others
+            divisors = [d for d in range(2, min(patches, 16) + 1) if patches % d == 0]
+            fix = f"use one of {', '.join(map(str, divisors))}" if divisors else "use a smaller model.patch_size"
+            raise ValueError(f"eval.num_masks: {k} does not divide the model's {patches} patches; {fix}")
         return self
 
     def digest(self) -> str:
