@@ -3,20 +3,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import io
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from http_server import ArchiveServer, tar_bytes, zip_bytes
+from http_server import ArchiveServer, serve_spec, tar_bytes, zip_bytes
 from PIL import Image
 
 from diyt.config import DataParams
-from diyt.data import sources
-from diyt.data.sources import Archive, Counts, load_samples
+from diyt.data.sources import Counts, load_samples
 from diyt.errors import DataError
 
 SHARED_MAGNETIC_TILE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile"
@@ -44,13 +41,6 @@ def _mask(fmt: str = "PNG", size: tuple[int, int] = (12, 10)) -> bytes:
     return buf.getvalue()
 
 
-def _serve_spec(monkeypatch, server: ArchiveServer, source: str, name: str, data: bytes, **changes) -> None:
-    """Point the registry's spec for `source` at an archive on the local server (configuration, not a mock)."""
-    archive = Archive(url=server.add(f"/{name}", data), filename=name, sha256=hashlib.sha256(data).hexdigest())
-    monkeypatch.setitem(sources.SPECS, source, dataclasses.replace(sources.SPECS[source], archive=archive,
-                                                                   **changes))
-
-
 def _tally(samples) -> Counter:
     return Counter((s.split, s.defect_type) for s in samples)
 
@@ -71,7 +61,7 @@ def _mvtec_tar() -> bytes:
 
 
 def test_mvtec_ad_downloads_extracts_and_reads(monkeypatch, server, tmp_path):
-    _serve_spec(monkeypatch, server, "mvtec_ad", "mvtec.tar.xz", _mvtec_tar(), counts={"bottle": Counts(2, 1, 1)})
+    serve_spec(monkeypatch, server, "mvtec_ad", "mvtec.tar.xz", _mvtec_tar(), counts={"bottle": Counts(2, 1, 1)})
     data = DataParams(source="mvtec_ad", categories=("bottle",))
     samples = load_samples(data, "bottle", tmp_path / "cache")
     assert _tally(samples) == {("train", "good"): 2, ("test", "good"): 1, ("test", "broken_large"): 1}
@@ -87,7 +77,7 @@ def test_mvtec_ad_downloads_extracts_and_reads(monkeypatch, server, tmp_path):
 
 
 def test_mvtec_ad_wrong_counts(monkeypatch, server, tmp_path):
-    _serve_spec(monkeypatch, server, "mvtec_ad", "mvtec.tar.xz", _mvtec_tar())  # the real bottle counts
+    serve_spec(monkeypatch, server, "mvtec_ad", "mvtec.tar.xz", _mvtec_tar())  # the real bottle counts
     with pytest.raises(DataError, match="209") as err:
         load_samples(DataParams(source="mvtec_ad", categories=("bottle",)), "bottle", tmp_path)
     assert "\n" not in str(err.value) and "bottle" in str(err.value)
@@ -112,16 +102,18 @@ def test_btad_zip_in_its_real_layout(monkeypatch, server, tmp_path):
     files = {f"{top}/01/train/ok/0000.bmp": _image("BMP"), f"{top}/01/train/ok/0001.bmp": _image("BMP"),
              f"{top}/01/test/ok/0000.bmp": _image("BMP"), f"{top}/01/test/ko/0003.bmp": _image("BMP"),
              f"{top}/01/ground_truth/ko/0003.png": _mask(),
-             f"{top}/02/train/ok/0000.png": _image(), f"{top}/02/test/ko/0009.png": _image(),
+             f"{top}/02/train/ok/0000.png": _image(), f"{top}/02/train/ok/0001.png": _image(),
+             f"{top}/02/test/ok/0000.png": _image(), f"{top}/02/test/ko/0009.png": _image(),
              f"{top}/02/ground_truth/ko/0009.png": _mask(),
-             f"{top}/03/train/ok/0000.bmp": _image("BMP"), f"{top}/03/test/ok/0000.bmp": _image("BMP"),
+             f"{top}/03/train/ok/0000.bmp": _image("BMP"), f"{top}/03/train/ok/0001.bmp": _image("BMP"),
+             f"{top}/03/test/ok/0000.bmp": _image("BMP"),
              f"{top}/03/test/ko/0005.bmp": _image("BMP"), f"{top}/03/ground_truth/ko/0005.bmp": _mask("BMP")}
-    _serve_spec(monkeypatch, server, "btad", "btad.zip", zip_bytes(files))
+    serve_spec(monkeypatch, server, "btad", "btad.zip", zip_bytes(files))
     data = DataParams(source="btad", categories=("01", "02", "03"))
     got = {c: load_samples(data, c, tmp_path) for c in ("01", "02", "03")}
     assert _tally(got["01"]) == {("train", "good"): 2, ("test", "good"): 1, ("test", "ko"): 1}
-    assert _tally(got["02"]) == {("train", "good"): 1, ("test", "ko"): 1}
-    assert _tally(got["03"]) == {("train", "good"): 1, ("test", "good"): 1, ("test", "ko"): 1}
+    assert _tally(got["02"]) == {("train", "good"): 2, ("test", "good"): 1, ("test", "ko"): 1}
+    assert _tally(got["03"]) == {("train", "good"): 2, ("test", "good"): 1, ("test", "ko"): 1}
     for samples in got.values():
         _check_mask(next(s for s in samples if s.defect_type == "ko"))
     assert len(server.requests) == 1
@@ -139,7 +131,7 @@ def _mt_zip() -> bytes:
 
 
 def test_magnetic_tile_github_archive(monkeypatch, server, tmp_path):
-    _serve_spec(monkeypatch, server, "magnetic_tile", "mt.zip", _mt_zip(), counts={"tile": Counts(4, 1, 3)},
+    serve_spec(monkeypatch, server, "magnetic_tile", "mt.zip", _mt_zip(), counts={"tile": Counts(4, 1, 3)},
                 defect_counts={"tile": {"blowhole": 2, "uneven": 1}})
     samples = load_samples(DataParams(source="magnetic_tile", categories=("tile",)), "tile", tmp_path)
     assert _tally(samples) == {("train", "good"): 4, ("test", "good"): 1, ("test", "blowhole"): 2,

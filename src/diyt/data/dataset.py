@@ -16,6 +16,7 @@ from diyt.data.images import read_image
 from diyt.data.layout import Row, read_manifest
 
 Normalize = Literal["imagenet", "tf", "none"]
+DAMAGED = "the prepared data is damaged: run the prepare stage again (dvc repro -f prepare)"
 
 # (mean, std) applied to images in [0, 1]; "tf" is (x*255 - 127) / 128, TF-style EfficientNet-Lite input.
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -73,7 +74,7 @@ class AnomalyDataset(Dataset):
         size = (image_size, image_size)
         # uint8 in memory: a whole CPU-sized category is a few tens of MB and decoding once keeps epochs fast
         self.images = torch.from_numpy(np.stack([
-            np.asarray(_resized(read_image(self.root / r.path), size, Image.Resampling.BICUBIC))
+            np.asarray(_resized(read_image(self.root / r.path, fix=DAMAGED), size, Image.Resampling.BICUBIC))
             for r in self.rows])).permute(0, 3, 1, 2).contiguous() if self.rows else torch.empty(0, 3, *size)
         self.labels = torch.tensor([r.label for r in self.rows], dtype=torch.long)
 
@@ -84,9 +85,9 @@ class AnomalyDataset(Dataset):
         """The ground-truth mask of item `index` as {0, 1} uint8 at `size` (default: the prepared size)."""
         row = self.rows[index]
         if not row.mask_path:
-            s = size or read_image(self.root / row.path, "L").size[0]
+            s = size or read_image(self.root / row.path, "L", DAMAGED).size[0]
             return np.zeros((s, s), np.uint8)
-        img = read_image(self.root / row.mask_path, "L")
+        img = read_image(self.root / row.mask_path, "L", DAMAGED)
         if size:
             img = _resized(img, (size, size), Image.Resampling.NEAREST)
         return (np.asarray(img) > 127).astype(np.uint8)

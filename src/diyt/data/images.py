@@ -16,8 +16,11 @@ MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-def read_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
-    """Read an image fully into memory, converted to `mode` ("RGB" or "L"); 16-bit inputs are scaled to 8 bits."""
+def read_image(path: str | os.PathLike, mode: str = "RGB", fix: str | None = None) -> Image.Image:
+    """Read an image fully into memory, converted to `mode` ("RGB" or "L"); 16-bit inputs are scaled to 8 bits.
+
+    `fix` replaces the advice that ends each error message (e.g. for files a stage wrote: run it again).
+    """
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -27,13 +30,13 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
                 img = _to_8bit(img)
                 return img.convert(mode)
     except FileNotFoundError:
-        raise DataError(f"{path}: image not found") from None
+        raise DataError(f"{path}: image not found; {fix or 'check the path'}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(f"{path}: image is larger than {MAX_PIXELS:,} pixels (a decompression bomb?); "
-                        "resize it or remove it") from None
+                        f"{fix or 'resize it or remove it'}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: not a readable image ({err.__class__.__name__}: {err}); "
-                        "replace or remove the file") from None
+                        f"{fix or 'replace or remove the file'}") from None
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -48,7 +51,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 
 
 def read_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a defect mask as a {0, 1} uint8 array (anti-aliased masks thresholded at > 127).
+    """Read a defect mask as a {0, 1} uint8 array (anti-aliased masks thresholded at > 127, label masks that
+    store defects as 1 read as they are).
 
     With `size` (width, height), a mask of another size is an error naming both sizes.
     """
@@ -56,4 +60,5 @@ def read_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> n
     if size is not None and img.size != tuple(size):
         raise DataError(f"{path}: mask is {img.size[0]}x{img.size[1]} but its image is {size[0]}x{size[1]}; "
                         "masks must match their images")
-    return (np.asarray(img) > 127).astype(np.uint8)
+    arr = np.asarray(img)
+    return (arr > (0 if arr.max() == 1 else 127)).astype(np.uint8)

@@ -79,6 +79,9 @@ def read_tree(cat: Path, layout: TreeLayout) -> list[Sample]:
     if not train:
         raise DataError(f"{train_dir}: no training images; put the category's defect-free images in "
                         f"train/{layout.good}/")
+    if len(train) < 2:
+        raise DataError(f"{train_dir}: only 1 training image; add more (at least 2: one is held out to choose "
+                        "the thresholds on)")
     test_types = [d for d in _subdirs(cat / "test") if _images(d)]
     if not test_types:
         raise DataError(f"{cat / 'test'}: no test images; add test/{layout.good}/ and test/<defect>/ folders")
@@ -103,6 +106,11 @@ def read_tree(cat: Path, layout: TreeLayout) -> list[Sample]:
         if folder.name not in tested and _images(folder):
             raise DataError(f"{_images(folder)[0]}: mask without an image; add test/{folder.name}/ or remove "
                             f"{folder}")
+    if len(tested) == 1 or layout.good not in tested:
+        kind, missing = ("normal", "a test/<defect>/ folder and its masks") if layout.good in tested else \
+            ("defective", f"test/{layout.good}/")
+        raise DataError(f"{cat / 'test'}: only {kind} test images, so the evaluation cannot tell normal from "
+                        f"defective; add {missing}")
     return samples
 
 
