@@ -3,15 +3,22 @@ a response short, ignore Range, or stall, to exercise the downloader's recovery 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import re
-import tarfile
 import socket
+import stat
+import tarfile
 import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from diyt.data import sources
+from diyt.data.sources import Archive
 
 
 @dataclass
@@ -112,3 +119,44 @@ def zip_bytes(files: dict[str, bytes], extra: tuple[tuple[zipfile.ZipInfo, bytes
         for info, data in extra:
             zf.writestr(info, data)
     return buf.getvalue()
+
+
+def tar_member(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+def zip_symlink(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+def unsafe_archives(outside: Path) -> dict[str, tuple[str, bytes, str]]:
+    """name -> (archive file name, archive bytes, offending member)."""
+    good = {"ok/good.txt": b"fine"}  # a safe member first: it must not survive the refusal either
+    absolute = str(outside / "abs_evil.txt")
+    return {
+        "tar-dotdot": ("a.tar.xz", tar_bytes({**good, "../evil.txt": b"x"}), "../evil.txt"),
+        "tar-nested-dotdot": ("a.tar", tar_bytes({**good, "ok/../../evil.txt": b"x"}, "w"), "ok/../../evil.txt"),
+        "tar-absolute": ("a.tar.gz", tar_bytes({**good, absolute: b"x"}, "w:gz"), absolute),
+        "tar-symlink": ("a.tar.xz", tar_bytes(good, extra=(tar_member("ok/link", tarfile.SYMTYPE, "/etc"),)),
+                        "ok/link"),
+        "tar-hardlink": ("a.tar.xz", tar_bytes(good, extra=(tar_member("ok/hard", tarfile.LNKTYPE,
+                                                                        "ok/good.txt"),)), "ok/hard"),
+        "tar-device": ("a.tar.xz", tar_bytes(good, extra=(tar_member("ok/dev", tarfile.CHRTYPE),)), "ok/dev"),
+        "zip-dotdot": ("a.zip", zip_bytes({**good, "../evil.txt": b"x"}), "../evil.txt"),
+        "zip-absolute": ("a.zip", zip_bytes({**good, absolute: b"x"}), absolute),
+        "zip-symlink": ("a.zip", zip_bytes(good, extra=((zip_symlink("ok/link"), b"/etc/passwd"),)), "ok/link"),
+    }
+
+
+def serve_spec(monkeypatch, server: ArchiveServer, source: str, name: str, data: bytes, checksum: bool = True,
+               **changes) -> None:
+    """Point the registry's spec for `source` at an archive on the local server (configuration, not a mock);
+    without `checksum`, as a publisher that gives none."""
+    archive = Archive(url=server.add(f"/{name}", data), filename=name,
+                      sha256=hashlib.sha256(data).hexdigest() if checksum else None)
+    monkeypatch.setitem(sources.SPECS, source, dataclasses.replace(sources.SPECS[source], archive=archive,
+                                                                   **changes))

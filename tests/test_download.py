@@ -5,13 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import stat
-import tarfile
-import zipfile
 from pathlib import Path
 
 import pytest
-from http_server import ArchiveServer, tar_bytes, zip_bytes
+from http_server import ArchiveServer, tar_bytes, unsafe_archives, zip_bytes
 
 from diyt.data.download import download, extract
 from diyt.errors import DataError
@@ -158,42 +155,11 @@ def test_extract_replaces_an_existing_target(tmp_path):
     assert not (tmp_path / "out" / "old.txt").exists() and (tmp_path / "out" / "root" / "a.txt").exists()
 
 
-def _tar_member(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, linkname
-    return info
-
-
-def _zip_symlink(name: str) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name)
-    info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    return info
-
-
-def _unsafe_archives(outside: Path) -> dict[str, tuple[str, bytes, str]]:
-    """name -> (archive file name, archive bytes, offending member)."""
-    good = {"ok/good.txt": b"fine"}  # a safe member first: it must not survive the refusal either
-    absolute = str(outside / "abs_evil.txt")
-    return {
-        "tar-dotdot": ("a.tar.xz", tar_bytes({**good, "../evil.txt": b"x"}), "../evil.txt"),
-        "tar-nested-dotdot": ("a.tar", tar_bytes({**good, "ok/../../evil.txt": b"x"}, "w"), "ok/../../evil.txt"),
-        "tar-absolute": ("a.tar.gz", tar_bytes({**good, absolute: b"x"}, "w:gz"), absolute),
-        "tar-symlink": ("a.tar.xz", tar_bytes(good, extra=(_tar_member("ok/link", tarfile.SYMTYPE, "/etc"),)),
-                        "ok/link"),
-        "tar-hardlink": ("a.tar.xz", tar_bytes(good, extra=(_tar_member("ok/hard", tarfile.LNKTYPE,
-                                                                         "ok/good.txt"),)), "ok/hard"),
-        "tar-device": ("a.tar.xz", tar_bytes(good, extra=(_tar_member("ok/dev", tarfile.CHRTYPE),)), "ok/dev"),
-        "zip-dotdot": ("a.zip", zip_bytes({**good, "../evil.txt": b"x"}), "../evil.txt"),
-        "zip-absolute": ("a.zip", zip_bytes({**good, absolute: b"x"}), absolute),
-        "zip-symlink": ("a.zip", zip_bytes(good, extra=((_zip_symlink("ok/link"), b"/etc/passwd"),)), "ok/link"),
-    }
-
-
-@pytest.mark.parametrize("case", list(_unsafe_archives(Path("/x"))))
+@pytest.mark.parametrize("case", list(unsafe_archives(Path("/x"))))
 def test_unsafe_members_are_refused(tmp_path, case):
     outside = tmp_path / "outside"
     outside.mkdir()
-    filename, data, member = _unsafe_archives(outside)[case]
+    filename, data, member = unsafe_archives(outside)[case]
     archive = tmp_path / "in" / filename
     archive.parent.mkdir()
     archive.write_bytes(data)
