@@ -267,7 +267,7 @@ def test_live_inference_scores_an_upload_and_refuses_bad_files(project, monkeypa
     verdicts = [e.value for e in (*at.error, *at.success)]
     assert len(verdicts) == 1 and verdicts[0].startswith("Verdict: **")
     assert metric(at, "Threshold") == "0.4500" and len(at.image) == 2
-    for name, data, message in [("notes.txt", b"not an image", "not a readable image"),
+    for name, data, message in [("notes.png", b"not an image", "not a readable image"),
                                 ("bomb.png", png(Image.new("1", (9000, 9000))), "decompression bomb"),
                                 ("big.png", b"\0" * (21 * 2**20), "upload limit")]:
         at.file_uploader(key="inference_upload").set_value((name, data, "application/octet-stream")).run()

@@ -18,9 +18,10 @@ def model_ui(names: list[str], preferred: str | None) -> str:
 
 
 def upload_ui() -> UploadedFile | None:
-    """One image file (any type is accepted here so that a wrong one gets a clear message, not a silent refusal)."""
-    return st.file_uploader(f"Image (PNG, JPEG, BMP, TIFF; at most {inference.MAX_UPLOAD_BYTES // 2**20} MB)",
-                            key="inference_upload")
+    """One image file of an image type; its content is checked when it is scored."""
+    kinds = ", ".join(s.removeprefix(".").upper() for s in inference.UPLOAD_TYPES)
+    return st.file_uploader(f"Image ({kinds}; at most {inference.MAX_UPLOAD_BYTES // 2**20} MB)",
+                            type=list(inference.UPLOAD_TYPES), key="inference_upload")
 
 
 def result_ui(result: inference.LiveResult) -> None:

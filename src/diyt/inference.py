@@ -21,10 +21,11 @@ from diyt.bundle import BUNDLE, Bundle, Preprocess, Thresholds, load_bundle, loa
 from diyt.config import load_params
 from diyt.errors import DataError, DiytError
 from diyt.eval.scoring import ScoringConfig
-from diyt.predict import ANOMALOUS, NORMAL, TorchScorer, heatmap
+from diyt.predict import ANOMALOUS, IMAGE_SUFFIXES, NORMAL, TorchScorer, heatmap
 from diyt.train.checkpoint import WEIGHTS, file_digest
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # as server.maxUploadSize in .streamlit/config.toml
+UPLOAD_TYPES = IMAGE_SUFFIXES  # the uploader's `type=`: what `diyt predict` reads
 
 
 class LiveResult(NamedTuple):
