@@ -7,6 +7,7 @@ after checking each one (no paths outside the target, no links, no device files)
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import http.client
@@ -33,7 +34,9 @@ PART_SUFFIX = ".part"
 
 # Python >= 3.11.4 sanitises tar members itself as well; our own checks below do not rely on it.
 _TAR_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-_CORRUPT = (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, EOFError, lzma.LZMAError, zlib.error)
+_CORRUPT = (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, EOFError, lzma.LZMAError, zlib.error,
+            NotImplementedError, RuntimeError)  # zipfile: an unknown compression or version, an encrypted member
+_UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}  # else an OSError is the archive's
 
 
 # -------------------------------------------------------------------------------------------- download
@@ -136,8 +139,12 @@ def extract(archive: Path, target: Path) -> Path:
     try:
         with atomic_dir(target) as tmp:
             extractor(archive, tmp.resolve())
-    except _CORRUPT as err:
-        raise DataError(f"{archive}: truncated or corrupt archive ({type(err).__name__}: {err}); delete it "
+    except (*_CORRUPT, OSError) as err:
+        if isinstance(err, OSError) and err.errno in _UNWRITABLE:
+            raise DataError(f"{target}: cannot write what {archive.name} holds ({err.strerror}); free some space "
+                            f"or make {target.parent} writable, then run again") from None
+        detail = next(iter(str(err).splitlines()), "").rstrip(":")  # tarfile lists every method it tried
+        raise DataError(f"{archive}: truncated or corrupt archive ({type(err).__name__}: {detail}); delete it "
                         "and download it again") from None
     return target
 
