@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 from http_server import tar_bytes, zip_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,7 @@ from diyt.data.download import extract
 from diyt.data.images import read_image, read_mask
 from diyt.errors import DataError
 
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # PIL on malformed metadata, e.g. corrupt EXIF
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 150))
 HANG_S = 20  # one input; the deadline below flags a slow one, this stops a stuck one
 FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=5), derandomize=True, database=None,
