@@ -183,7 +183,7 @@ def test_kill_9_then_restart_ends_bit_identical(dataset_dir, reference, tmp_path
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "model" / "model.safetensors").exists()
-    stale = checkpoint.parent / ".checkpoint.safetensors.abc.tmp"  # as a kill in the middle of a write leaves
+    stale = checkpoint.parent / ".checkpoint.safetensors.abcd1234.tmp"  # as a kill in the middle of a write leaves
     stale.write_bytes(b"half")
     out = _finish(_stage(tmp_path, dataset_dir, _params()))
     assert not stale.exists()

@@ -1,8 +1,13 @@
-"""Atomic writes: an output either exists complete or not at all, whatever kills the process."""
+"""Atomic writes: an output either exists complete or not at all, whatever kills the process.
+
+A write goes to a temporary `.<name>.<8 random characters>.tmp` beside its target and is renamed over it; what a
+killed write left there is removed by the next write of the same target.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -17,11 +22,22 @@ def _umask() -> int:
     return mask
 
 
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Delete the temporaries (and a folder's replaced copy) that a killed write of `path` left beside it."""
+    path = Path(path)
+    for stale in (*path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp"), path.with_name(f".{path.name}.old")):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, on failure remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -39,6 +55,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; on success it replaces `path` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

@@ -145,12 +145,6 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
         save_file(tensors, tmp, metadata=meta)
 
 
-def remove_stale_temps(path: Path) -> None:
-    """Delete the half-written temporaries a killed run left beside `path` (atomic_path names them .<name>.*.tmp)."""
-    for tmp in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
 def read_run(path: Path) -> RunState | None:
     """The run a checkpoint belongs to, or None when there is none."""
     if not Path(path).exists():

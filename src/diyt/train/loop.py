@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from diyt.config import PhaseParams
 from diyt.errors import DiytError
+from diyt.io import remove_stale_temps
 from diyt.model import param_groups
 from diyt.train import checkpoint as ckpt
 from diyt.train.data import Batches, TrainImages
@@ -70,7 +71,7 @@ def train(model: nn.Module, dataset: TrainImages, phase: PhaseParams, *, phase_n
     generator = torch.Generator().manual_seed(seed)  # the masks; its state travels with checkpoints
     start = _resume_or_start(checkpointing, total, model, optimizer, generator)
     if runtime.is_main:
-        ckpt.remove_stale_temps(checkpointing.path)
+        remove_stale_temps(checkpointing.path)
         if start:
             print(f"resuming {checkpointing.path} at step {start}/{total}")
     run_step = _Stepper(_wrap(model, runtime), model, optimizer, generator, phase, phase_name, runtime, dataset)
