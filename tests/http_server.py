@@ -1,5 +1,5 @@
 """Test archives and a small HTTP server on 127.0.0.1 that serves them: it honours Range requests and can cut
-a response short, ignore Range, or stall, to exercise the downloader's recovery paths."""
+a response short, ignore Range, stall or send slowly, to exercise the downloader's recovery paths."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ from diyt.data import sources
 from diyt.data.sources import Archive
 
 
+RATE_CHUNK = 16 * 1024
+
+
 @dataclass
 class Seen:
     path: str
@@ -35,6 +38,7 @@ class ArchiveServer:
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before dropping (once)
     ignore_range: bool = False
     stall_s: float = 0.0
+    rate: int | None = None  # bytes per second, to make a download last
 
     def add(self, path: str, data: bytes) -> str:
         self.files[path] = data
@@ -83,6 +87,11 @@ def _handler(state: ArchiveServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             cut = state.cut_after.pop(self.path, None)
+            if cut is None and state.rate:
+                for start in range(0, len(body), RATE_CHUNK):
+                    self.wfile.write(body[start : start + RATE_CHUNK])
+                    time.sleep(RATE_CHUNK / state.rate)
+                return
             if cut is None:
                 self.wfile.write(body)
                 return
