@@ -3,6 +3,8 @@ one message naming the upload, any mode is scored, and the page goes on working.
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 import badfiles as bf
 from clirun import ROOT
+from conftest import Project
 from diyt import inference
 
 APP = str(ROOT / "dashboard" / "app.py")
@@ -82,3 +85,18 @@ def test_bad_uploads_are_named_and_the_page_recovers(page, name, make, problem):
 def test_every_mode_is_scored(page, mode):
     upload(page, f"part.{'jpg' if mode == 'CMYK' else 'png'}", bf.in_mode(mode))
     assert len(verdict(page)) == 1 and len(page.image) == 2
+
+
+def test_a_broken_bundle_is_named_on_the_page(made, tmp_path, monkeypatch):
+    """A bundle of another format version: the page names the file and says how to make it, and stops."""
+    root = tmp_path / "project"
+    shutil.copytree(made.root, root)
+    manifest = Project(root).bundle / "bundle.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 99}))
+    monkeypatch.setenv("DIYT_ROOT", str(root))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    st.cache_resource.clear()
+    at.switch_page("views/inference.py").run()
+    assert not at.exception
+    shown = " ".join(i.value for i in at.info)
+    assert f"cannot be loaded: {manifest}: bundle format version 99" in shown and "dvc repro" in shown

@@ -23,6 +23,10 @@ def sources() -> list[Path]:
     return sorted(p for folder in SCANNED for p in (ROOT / folder).rglob("*.py"))
 
 
+def _keyword_is(call: ast.Call, name: str, value: bool) -> bool:
+    return any(k.arg == name and isinstance(k.value, ast.Constant) and k.value.value is value for k in call.keywords)
+
+
 def unsafe_loads(tree: ast.AST) -> list[str]:
     """Imports of an unpickling module, torch.load without weights_only=True, np.load with allow_pickle=True,
     pandas' read_pickle: each as 'line: what'."""
@@ -32,15 +36,12 @@ def unsafe_loads(tree: ast.AST) -> list[str]:
             modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             found += [f"{node.lineno}: import {m}" for m in modules if m.split(".")[0] in UNPICKLERS]
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            owner = ast.unparse(node.func.value)
-            keywords = {k.arg: k.value for k in node.keywords}
-            flag = lambda key, want: isinstance(keywords.get(key), ast.Constant) and keywords[key].value is want  # noqa: E731
-            if node.func.attr == "load" and owner == "torch" and not flag("weights_only", True):
+            call, owner = node.func.attr, ast.unparse(node.func.value)
+            if (call, owner) == ("load", "torch") and not _keyword_is(node, "weights_only", True):
                 found.append(f"{node.lineno}: torch.load without weights_only=True")
-            if node.func.attr == "load" and owner in ("np", "numpy") and "allow_pickle" in keywords \
-                    and not flag("allow_pickle", False):
+            if call == "load" and owner in ("np", "numpy") and _keyword_is(node, "allow_pickle", True):
                 found.append(f"{node.lineno}: np.load with allow_pickle")
-            if node.func.attr == "read_pickle":
+            if call == "read_pickle":
                 found.append(f"{node.lineno}: read_pickle")
     return found
 
