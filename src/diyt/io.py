@@ -33,11 +33,15 @@ def remove_stale_temps(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`, on failure remove it."""
+def atomic_path(path: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, on failure remove it.
+
+    `clean=False` skips clearing a killed write's leftovers, which lists the folder: for one of thousands of files.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
+    if clean:
+        remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)

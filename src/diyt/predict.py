@@ -183,7 +183,7 @@ def predict(paths: Sequence[Path], bundle: Bundle, scorer: Scorer, out_dir: str 
                 for (path, _, display), score, anomaly_map in zip(readable, scores, maps):
                     name = Path(HEATMAPS) / names[path] if heatmaps else None
                     if name is not None:
-                        with atomic_path(out_dir / name) as tmp:
+                        with atomic_path(out_dir / name, clean=False) as tmp:  # one folder, many maps
                             heatmap(display, anomaly_map, bundle).save(tmp, format="PNG", compress_level=1)
                     verdict = ANOMALOUS if score >= bundle.thresholds.image else NORMAL
                     predictions.append(Prediction(str(path), float(score), verdict, name and str(name)))

@@ -62,3 +62,11 @@ def test_only_the_targets_own_temporaries_are_cleared(tmp_path):
     write_text(tmp_path / "target", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".target.abcd1234.tmp.keep", ".target.json.abcd1234.tmp",
                                                           "target"]
+
+
+def test_writes_into_a_crowded_folder_can_skip_the_listing(tmp_path):
+    """`diyt predict` writes thousands of heat maps into one folder: those writes do not list it each time."""
+    (tmp_path / ".map.png.abcd1234.tmp").write_text("left by a kill")
+    with atomic_path(tmp_path / "map.png", clean=False) as tmp:
+        tmp.write_text("map")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".map.png.abcd1234.tmp", "map.png"]
