@@ -31,15 +31,21 @@ class MicroBundle:
         return [self.category / r.path for r in read_manifest(self.category) if r.split == "test"]
 
 
-def make_bundle(tmp: Path, params: EvalParams, category: str = "weave") -> MicroBundle:
+# the feature target at micro size: EfficientNet-Lite0's stride-8 and -16 maps on a 4 x 4 grid of a 64 px image
+MICRO_FEATURES = {**MICRO, "target": "features", "image_size": 64, "patch_size": 16}
+
+
+def make_bundle(tmp: Path, params: EvalParams, category: str = "weave", model: dict | None = None,
+                normalize: str = "imagenet", prepared: int = PREPARED) -> MicroBundle:
     """An untrained micro model (its scores are as good as any for parity), evaluated and bundled under `tmp`."""
     torch.manual_seed(0)
-    model_params = parse_params({"model": MICRO, "data": {"image_size": PREPARED}}).model
-    model = build_model(model_params).eval()
-    save_model(tmp / "model", model, {"model": model_params.model_dump(mode="json"), "normalize": "imagenet",
-                                      "dataset": "synthetic", "categories": [category]})
-    samples = generate(category, n_train=12, n_test_good=3, n_test_defect=5, image_size=PREPARED, seed=0)
-    write_category(samples, tmp / category, PREPARED, 0.25, 0)
-    ev = evaluate_category(model, tmp / category, "imagenet", params, torch.device("cpu"))
+    model_params = parse_params({"model": model or MICRO, "data": {"image_size": prepared, "normalize": normalize},
+                                 "eval": {"ssim_weight": 0.0}}).model
+    net = build_model(model_params).eval()
+    save_model(tmp / "model", net, {"model": model_params.model_dump(mode="json"), "normalize": normalize,
+                                    "dataset": "synthetic", "categories": [category]})
+    samples = generate(category, n_train=12, n_test_good=3, n_test_defect=5, image_size=prepared, seed=0)
+    write_category(samples, tmp / category, prepared, 0.25, 0)
+    ev = evaluate_category(net, tmp / category, normalize, params, torch.device("cpu"))
     write_bundle(tmp / "bundle", tmp / "model", ev, params, tmp / category)
     return MicroBundle(tmp / "bundle", tmp / category, ev)

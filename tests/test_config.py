@@ -13,8 +13,8 @@ from diyt.config import ConfigError, Params, load_params, parse_params
 
 def test_committed_params_are_valid(root):
     params = load_params(root / "params.yaml")
-    assert params.data.source == "synthetic"
-    assert params.model.arch.image_size == 128
+    assert params.data.source == "synthetic" and params.model.target == "features"
+    assert params.model.arch.image_size == 256 and params.model.arch.grid_size == 16
 
 
 def test_defaults_are_frozen():
@@ -31,7 +31,7 @@ def test_preset_overrides_reach_the_arch():
 
 
 @pytest.mark.parametrize("raw, expected", [
-    ({"model": {"foo": 1}}, "unknown key 'model.foo' (allowed here: preset, target, norm"),
+    ({"model": {"foo": 1}}, "unknown key 'model.foo' (allowed here: preset, target, backbone, feature_layers, norm"),
     ({"bogus": {}}, "unknown key 'bogus' (allowed here: data, model, train, eval)"),
     ({"train": {"pretrain": {"lr": 1}}}, "unknown key 'train.pretrain.lr' (allowed here: epochs, steps,"),
     ({"model": {"norm": "batchnorm"}}, "model.norm: Input should be 'dyt' or 'layernorm' (got 'batchnorm')"),

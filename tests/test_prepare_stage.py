@@ -20,7 +20,8 @@ def _digest(folder) -> str:
 @pytest.fixture
 def repo(tmp_path):
     repo = make_repo(tmp_path)
-    repo.set_params(data__image_size=128, data__synthetic={"n_train": 6, "n_test_good": 2, "n_test_defect": 5})
+    repo.set_params(data__image_size=128, model__image_size=128,
+                    data__synthetic={"n_train": 6, "n_test_good": 2, "n_test_defect": 5})
     repo.commit("tiny data")
     return repo
 

@@ -41,7 +41,9 @@ def test_partitions_hide_every_patch_exactly_once_per_repeat():
 def test_each_patch_comes_from_the_pass_that_hid_it(model):
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     masks = partitions(model.num_patches, ScoringConfig(num_masks=4))[0]  # (4, 16)
-    got = model.patchify(reconstruct(model, images, masks)).target  # (3, 16, T)
+    recon, target = reconstruct(model, images, masks)
+    torch.testing.assert_close(target, images)  # the pixel target is the image itself
+    got = model.patchify(recon).target  # (3, 16, T)
     for k in range(4):
         out = model(images, mask=masks[k].expand(3, -1))
         expected = model.denormalize(out.pred, out.target)

@@ -55,7 +55,8 @@ threshold = st.session_state.get(common.threshold_key(sel), res.threshold)
 st.title(f"Heatmaps · {sel.dataset} / {sel.category}")
 source = "validation-chosen" if threshold == res.threshold else "chosen in the threshold explorer"
 st.caption(f"Outcomes at the {source} threshold **{threshold:.4f}**. Each figure: input · ground-truth mask · "
-           "anomaly map over the input, the ground truth outlined in red · reconstruction.")
+           "anomaly map over the input, the ground truth outlined in red · reconstruction (feature target: the "
+           "reconstructed features' three principal components as colours).")
 chosen = filters_ui(sorted(frame["defect_type"].unique()))
 items = results.gallery(frame, threshold, chosen.defect_types, chosen.outcomes, chosen.descending)
 counts = results.gallery(frame, threshold)["outcome"].value_counts()

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 BUNDLE = "bundle.json"
 POSITION_STATS = "position_stats.safetensors"  # with eval.normalize_maps: position, the (H, W) mean and scale
+MEMORY_BANK = "memory_bank.safetensors"  # with eval.scorer: knn, the (m, C) normal features it measures against
 FORMAT_VERSION = 1
 MAP_SETTINGS = ("normalize_maps", "normalize_std_floor")  # eval params applied after `score_images`
 RESAMPLE = Image.Resampling.BICUBIC  # as prepare (to data.image_size) and AnomalyDataset (to the model's size)
@@ -115,6 +116,7 @@ class Bundle:
     weights_sha256: str
     manifest: dict  # bundle.json as read
     position: PositionStats | None = None  # per-pixel z-scoring of the maps against validation normals, if any
+    memory_bank: torch.Tensor | None = None  # (m, C): the maps are kNN distances to it instead of reconstruction
 
     @property
     def category(self) -> str:
@@ -136,7 +138,8 @@ def write_bundle(out_dir: str | Path, model_dir: str | Path, ev: Evaluation, par
         "preprocess": dataclasses.asdict(Preprocess(prepared_size(category_dir), trained.model.arch.image_size,
                                                     trained.normalize)),
         "scoring": dataclasses.asdict(ScoringConfig.from_params(params))
-                   | params.model_dump(include=set(MAP_SETTINGS)),
+                   | params.model_dump(include=set(MAP_SETTINGS))
+                   | {"scorer": "reconstruction" if ev.memory_bank is None else "knn"},
         "out_size": int(ev.maps.shape[-1]),
         "thresholds": {"image": float(ev.image_threshold), "pixel": float(ev.pixel_threshold),
                        "method": params.threshold, "quantile": params.threshold_quantile, "k": params.threshold_k,
@@ -151,6 +154,10 @@ def write_bundle(out_dir: str | Path, model_dir: str | Path, ev: Evaluation, par
             with atomic_path(tmp / POSITION_STATS) as stats:  # (atomic_path also gives the usual permissions)
                 save_file({k: v.contiguous() for k, v in ev.position_stats._asdict().items()}, stats)
             manifest["position_stats_sha256"] = file_digest(tmp / POSITION_STATS)
+        if ev.memory_bank is not None:
+            with atomic_path(tmp / MEMORY_BANK) as bank:
+                save_file({"features": ev.memory_bank.float().cpu().contiguous()}, bank)
+            manifest["memory_bank_sha256"] = file_digest(tmp / MEMORY_BANK)
         write_json(tmp / BUNDLE, manifest)
 
 
@@ -193,14 +200,23 @@ def load_bundle(bundle_dir: str | Path, device: torch.device | str = "cpu") -> B
     if file_digest(bundle_dir / WEIGHTS) != digest:
         raise DiytError(f"{bundle_dir / WEIGHTS}: not the weights this bundle was made with (changed or "
                         f"truncated: sha256 differs from {BUNDLE}); {remake}")
-    position = None
+    position = bank = None
     if eval_params.normalize_maps == "position":
-        position = _position_stats(bundle_dir, manifest.get("position_stats_sha256"), out_size, remake)
+        position = PositionStats(*_tensors(bundle_dir / POSITION_STATS, manifest.get("position_stats_sha256"),
+                                           PositionStats._fields, remake, "its maps are normalised per position"))
+        if any(t.shape != (out_size, out_size) for t in position):
+            raise DiytError(f"{bundle_dir / POSITION_STATS}: statistics are not {out_size}x{out_size} like the "
+                            f"maps; {remake}")
     trained = load_trained(bundle_dir, device)
     if (trained.model.arch.image_size, trained.normalize) != (pre.image_size, pre.normalize):
         raise DiytError(f"{path}: preprocess does not match {bundle_dir / CONFIG}; {remake}")
+    if eval_params.scorer == "knn":
+        (bank,) = _tensors(bundle_dir / MEMORY_BANK, manifest.get("memory_bank_sha256"), ("features",), remake,
+                           "its maps are kNN distances to it")
+        if bank.ndim != 2 or bank.shape[1] != trained.model.source.target_dim:
+            raise DiytError(f"{bundle_dir / MEMORY_BANK}: features of another size than the model's; {remake}")
     return Bundle(bundle_dir, trained.model, trained.params, pre, scoring, out_size, thresholds, display, digest,
-                  manifest, position)
+                  manifest, position, bank)
 
 
 def _parse(manifest: dict) -> tuple[Preprocess, EvalParams, Thresholds, int, tuple[float, float], str]:
@@ -220,16 +236,11 @@ def _side(value: object) -> int:
     return value
 
 
-def _position_stats(bundle_dir: Path, digest: str | None, out_size: int, remake: str) -> PositionStats:
-    """The per-pixel statistics the evaluation z-scored its maps with, each (out_size, out_size)."""
-    path = bundle_dir / POSITION_STATS
+def _tensors(path: Path, digest: str | None, names: tuple[str, ...], remake: str, why: str) -> list[torch.Tensor]:
+    """The named float tensors of a safetensors part of the bundle, checked against its recorded sha256."""
     if not path.is_file():
-        raise DiytError(f"{path}: missing from the bundle (its maps are normalised per position); {remake}")
+        raise DiytError(f"{path}: missing from the bundle ({why}); {remake}")
     if file_digest(path) != digest:
-        raise DiytError(f"{path}: not the statistics this bundle was made with (sha256 differs from {BUNDLE}); "
-                        f"{remake}")
+        raise DiytError(f"{path}: not the file this bundle was made with (sha256 differs from {BUNDLE}); {remake}")
     tensors = load_file(path)
-    stats = PositionStats(*(tensors[name].float() for name in PositionStats._fields))
-    if any(t.shape != (out_size, out_size) for t in stats):
-        raise DiytError(f"{path}: statistics are not {out_size}x{out_size} like the maps; {remake}")
-    return stats
+    return [tensors[name].float() for name in names]

@@ -98,7 +98,9 @@ class ModelParams(Section):
     """The model's switches plus a size preset whose fields may be overridden one by one."""
 
     preset: Literal["tiny", "small", "seed"] = "tiny"
-    target: Literal["pixels"] = "pixels"
+    target: Literal["pixels", "features"] = "pixels"  # what the tokens are and what is reconstructed
+    backbone: str = "tf_efficientnet_lite0"  # timm name of the frozen feature extractor (target: features)
+    feature_layers: tuple[NonNegInt, ...] = (2, 3)  # its timm feature indices, resized to the patch_size grid
     norm: Literal["dyt", "layernorm"] = "dyt"
     dyt_alpha: Annotated[float, Field(gt=0.0)] = 0.5
     pos_embed: Literal["hybrid", "sincos", "learned"] = "hybrid"
@@ -141,6 +143,9 @@ class ModelParams(Section):
                                  f"(depth {a.depth}; allowed 1..{a.depth})")
         if len(set(self.aggregate_layers)) != len(self.aggregate_layers):
             raise ValueError(f"aggregate_layers: duplicates in {list(self.aggregate_layers)}")
+        if self.target == "features" and (not self.feature_layers
+                                          or len(set(self.feature_layers)) != len(self.feature_layers)):
+            raise ValueError(f"feature_layers: give distinct backbone feature indices, got {list(self.feature_layers)}")
         return self
 
 
@@ -173,6 +178,8 @@ class TrainParams(Section):
 
 # --------------------------------------------------------------------------------------------------- eval
 class EvalParams(Section):
+    scorer: Literal["reconstruction", "knn", "both"] = "reconstruction"  # both: kNN as a reference in metrics
+    knn_coreset: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # of the train normals' feature cells kept in the kNN memory bank
     num_masks: Annotated[int, Field(ge=2)] = 2  # K complementary masks partitioning the patches
     repeats: PositiveInt = 1  # R partitions, averaged
     ssim_weight: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
@@ -197,6 +204,15 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _check(self) -> Params:
+        if self.model.target == "features":
+            from diyt.model.backbone import backbone_normalization
+
+            wanted = backbone_normalization(self.model.backbone)
+            if self.data.normalize != wanted:
+                raise ValueError(f"data.normalize: the {self.model.backbone} backbone was trained on {wanted!r} "
+                                 f"inputs; set data.normalize: {wanted}")
+            if self.eval.ssim_weight:
+                raise ValueError("eval.ssim_weight: SSIM compares images and model.target is features; set it to 0")
         if self.model.arch.image_size > self.data.image_size:
             raise ValueError(f"data.image_size: {self.data.image_size} is smaller than the model's "
                              f"image_size {self.model.arch.image_size}; prepare at least that size")

@@ -22,9 +22,11 @@ from diyt.bundle import Bundle
 from diyt.data.dataset import NORMALIZATION
 from diyt.errors import DiytError
 from diyt.eval.normalize import PositionStats
-from diyt.eval.scoring import ScoringConfig, error_map, image_scores, partitions, reduce_errors
+from diyt.eval.scoring import (
+    ScoringConfig, error_map, image_scores, merge_passes, partitions, pass_indices, reduce_errors,
+)
 from diyt.io import atomic_path
-from diyt.model import MaskedAutoencoder, visible_indices
+from diyt.model import MaskedAutoencoder
 
 MIN_OPSET = 18  # the oldest the exporter writes
 OPSET = 23  # opset 23 has Attention and Gelu: fused kernels in onnxruntime (18 works, ~15% slower)
@@ -85,11 +87,11 @@ class ScoringGraph(nn.Module):
         super().__init__()
         self.model, self.scoring, self.out_size = model, scoring, out_size
         parts = partitions(model.num_patches, scoring)  # (R, K, L)
-        self.repeats, self.passes = parts.shape[:2]
-        ids_keep, ids_restore = visible_indices(parts.flatten(0, 1))  # (R*K, Lv), (R*K, L)
+        self.repeats = parts.shape[0]
+        ids_keep, ids_restore, keep = pass_indices(parts.flatten(0, 1))  # (R*K, Lv), (R*K, L), (R*K, 1, L, 1)
         self.register_buffer("ids_keep", ids_keep.view(*parts.shape[:2], -1), persistent=False)
         self.register_buffer("ids_restore", ids_restore.view(parts.shape), persistent=False)
-        self.register_buffer("keep", parts[:, :, None, :, None].float(), persistent=False)  # (R, K, 1, L, 1)
+        self.register_buffer("keep", keep.view(*parts.shape[:2], *keep.shape[1:]), persistent=False)
         mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATION[normalize])
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
@@ -101,25 +103,19 @@ class ScoringGraph(nn.Module):
     def from_bundle(cls, bundle: Bundle) -> ScoringGraph:
         return cls(bundle.model, bundle.scoring, bundle.out_size, bundle.preprocess.normalize, bundle.position)
 
-    def reconstruct(self, images: Tensor, repeat: int) -> Tensor:
-        """(N, C, h, w) -> each patch predicted by the pass of partition `repeat` that hid it, (N, C, h, w)."""
-        n, k, model = images.shape[0], self.passes, self.model
-        tokens, target = model.patchify(images)  # (N, L, D), (N, L, T): once, not once per pass
-        tokens, target = tokens.repeat(k, 1, 1), target.repeat(k, 1, 1)  # (K*N, ...), pass-major
-        ids_keep = self.ids_keep[repeat][:, None].expand(-1, n, -1).flatten(0, 1)  # (K*N, Lv)
-        ids_restore = self.ids_restore[repeat][:, None].expand(-1, n, -1).flatten(0, 1)  # (K*N, L)
-        latent, outputs = model.encoder(tokens, ids_keep)
-        hidden = [outputs[i - 1] for i in model.aggregator.layers]
-        pred = model.forward_decoder(model.aggregate(latent, hidden), ids_restore)
-        pred = model.denormalize(pred, target).float()  # (K*N, L, T)
-        pred = pred.view(k, n, *pred.shape[1:])
-        return model.unpatchify((pred * self.keep[repeat]).sum(dim=0))
+    def errors(self, images: Tensor) -> Tensor:
+        """(N, C, h, w) -> the error maps of the R partitions (R, N, rows, cols), as `score_images` computes them."""
+        tokens, target = self.model.patchify(images)  # (N, L, D), (N, L, T): once, not once per pass
+        target_map = self.model.unpatchify(target.float())
+        return torch.stack([
+            error_map(target_map, self.model.unpatchify(merge_passes(self.model, tokens, target, self.ids_keep[r],
+                                                                     self.ids_restore[r], self.keep[r])),
+                      self.scoring.ssim_weight, self.ssim_blur)
+            for r in range(self.repeats)])
 
     def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         images = (pixels - self.mean) / self.std
-        errors = [error_map(images, self.reconstruct(images, r), self.scoring.ssim_weight, self.ssim_blur)
-                  for r in range(self.repeats)]
-        _, maps = reduce_errors(torch.stack(errors), self.scoring, self.out_size, lambda m, _: self.smooth(m))
+        _, maps = reduce_errors(self.errors(images), self.scoring, self.out_size, lambda m, _: self.smooth(m))
         maps = self.map_norm(maps)
         return image_scores(maps, self.scoring.image_score, self.scoring.topk_fraction), maps
 
@@ -132,6 +128,9 @@ def export_onnx(bundle: Bundle, out: str | Path, opset: int = OPSET, verify: boo
     """
     import onnx
 
+    if bundle.memory_bank is not None:
+        raise DiytError(f"{bundle.path}: its maps come from the kNN reference scorer; export supports DiyT's "
+                        "reconstruction scorer (evaluate with eval.scorer: reconstruction or both)")
     out = Path(out)
     bundle.model.cpu().float().eval()
     graph = ScoringGraph.from_bundle(bundle).eval()

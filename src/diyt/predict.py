@@ -28,6 +28,7 @@ from diyt.bundle import Bundle
 from diyt.data.dataset import normalize
 from diyt.errors import DataError, DiytError
 from diyt.eval.evaluate import score_batch
+from diyt.eval.knn import knn_scores
 from diyt.eval.normalize import normalize_maps
 from diyt.eval.scoring import image_scores, partitions
 from diyt.io import atomic_path, write_text
@@ -55,10 +56,15 @@ class TorchScorer:
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # as AnomalyDataset: uint8 -> float / 255 -> normalise (elementwise, so batching changes no bit)
-        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, S, S)
+        # contiguous like the evaluation's batches: a channels-last input picks other conv kernels (other bits)
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().float() / 255.0  # (N, 3, S, S)
         images = normalize(images, self.bundle.preprocess.normalize)
         config = self.bundle.scoring
-        scores = score_batch(self.model, images, config, self.bundle.out_size, self.parts, self.device)
+        if self.bundle.memory_bank is None:
+            scores = score_batch(self.model, images, config, self.bundle.out_size, self.parts, self.device)
+        else:
+            scores = knn_scores(self.model, images, self.bundle.memory_bank.to(self.device), config,
+                                self.bundle.out_size, self.device)
         score, maps = scores.score, scores.anomaly_map
         if self.bundle.position is not None:  # as the evaluation: z-score the maps, then score them again
             maps = normalize_maps(maps, self.bundle.position)

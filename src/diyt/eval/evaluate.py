@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from diyt.data.images import read_image
 from diyt.data.layout import Row
 from diyt.errors import DataError
 from diyt.eval import metrics
+from diyt.eval.knn import cell_features, fit_bank, knn_scores
 from diyt.eval.normalize import PositionStats, normalize_leave_one_out, normalize_maps, position_stats
 from diyt.eval.scoring import Scores, ScoringConfig, image_scores, partitions, score_images
 from diyt.eval.thresholds import image_threshold, pixel_threshold
@@ -38,16 +41,35 @@ class Evaluation:
     pixel_threshold: float
     metrics: dict
     position_stats: PositionStats | None = None  # (H, W) maps the test maps were z-scored with, if any
+    memory_bank: torch.Tensor | None = None  # (m, C) when the maps are the kNN scorer's
 
 
-def score_dataset(model: MaskedAutoencoder, dataset: AnomalyDataset, config: ScoringConfig, out_size: int,
-                  batch_size: int, device: torch.device, desc: str) -> Scores:
+BatchScorer = Callable[[torch.Tensor], Scores]  # normalised images (N, 3, h, w) -> Scores on the CPU
+
+
+def score_dataset(score: BatchScorer, dataset: AnomalyDataset, batch_size: int, desc: str) -> Scores:
     """Score every image of `dataset` in batches; results on the CPU in dataset order."""
-    parts = partitions(model.num_patches, config)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    out = [score_batch(model, batch["image"], config, out_size, parts, device)
-           for batch in tqdm(loader, desc=desc, unit="batch", leave=False)]
+    out = [score(batch["image"]) for batch in tqdm(loader, desc=desc, unit="batch", leave=False)]
     return Scores(*(torch.cat(ts) for ts in zip(*out)))
+
+
+def reconstruction_scorer(model: MaskedAutoencoder, config: ScoringConfig, out_size: int,
+                          device: torch.device) -> BatchScorer:
+    """DiyT's own scorer: multi-mask reconstruction error (`score_batch` with the config's partitions)."""
+    parts = partitions(model.num_patches, config)
+    return partial(score_batch, model, config=config, out_size=out_size, parts=parts, device=device)
+
+
+def knn_scorer(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringConfig, out_size: int,
+               coreset: float, batch_size: int, device: torch.device) -> tuple[BatchScorer, torch.Tensor]:
+    """The kNN reference: a memory bank of the train normals' feature cells, and the scorer that uses it."""
+    loader = DataLoader(train, batch_size=batch_size, shuffle=False)
+    with torch.no_grad():
+        features = torch.cat([cell_features(model, batch["image"].to(device)).float().cpu()
+                              for batch in tqdm(loader, desc="kNN memory bank", unit="batch", leave=False)])
+    bank = fit_bank(features, coreset, config.seed).to(device)
+    return partial(knn_scores, model, bank=bank, config=config, out_size=out_size, device=device), bank
 
 
 def score_batch(model: MaskedAutoencoder, images: torch.Tensor, config: ScoringConfig, out_size: int,
@@ -67,9 +89,25 @@ def _to_uint8(images: torch.Tensor, normalize: str) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).numpy()
 
 
+def _feature_rgb(maps: torch.Tensor) -> np.ndarray:
+    """Feature maps (N, C, h, w) -> (N, h, w, 3) uint8: their 3 principal components over all cells, each
+    stretched from its 1st to 99th percentile, so a reconstructed feature map can be looked at."""
+    cells = maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1]).double()  # (N*h*w, C)
+    centred = cells - cells.mean(dim=0)
+    _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+    proj = centred @ vectors[:, -3:].flip(-1)  # (N*h*w, 3)
+    lo, hi = torch.quantile(proj, 0.01, dim=0), torch.quantile(proj, 0.99, dim=0)
+    rgb = ((proj - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return rgb.view(maps.shape[0], maps.shape[2], maps.shape[3], 3).numpy()
+
+
 def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: str, params: EvalParams,
                       device: torch.device, out_size: int | None = None) -> Evaluation:
-    """Thresholds from the validation normals only; metrics on the test split at the prepared resolution."""
+    """Thresholds from the validation normals only; metrics on the test split at the prepared resolution.
+
+    `params.scorer` picks the scorer whose maps are written; with `both`, the kNN reference's metrics are added
+    under `reference.knn` of the reconstruction's.
+    """
     size = model.arch.image_size
     config = ScoringConfig.from_params(params)
     val = AnomalyDataset(category_dir, ["val"], size, normalize)
@@ -77,8 +115,29 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
     if len(val) == 0:
         raise DataError(f"{category_dir}: no validation images to choose thresholds on; raise data.val_fraction")
     out_size = out_size or _prepared_size(test)
-    val_scores = score_dataset(model, val, config, out_size, params.batch_size, device, "score val")
-    test_scores = score_dataset(model, test, config, out_size, params.batch_size, device, "score test")
+    bank = knn = None
+    if params.scorer != "reconstruction":
+        train = AnomalyDataset(category_dir, ["train"], size, normalize)
+        knn, bank = knn_scorer(model, train, config, out_size, params.knn_coreset, params.batch_size, device)
+    if params.scorer == "knn":
+        return _evaluate(knn, model, val, test, normalize, params, category_dir, out_size, bank)
+    ev = _evaluate(reconstruction_scorer(model, config, out_size, device), model, val, test, normalize, params,
+                   category_dir, out_size)
+    if knn is not None:
+        reference = _evaluate(knn, model, val, test, normalize, params, category_dir, out_size, bank).metrics
+        ev.metrics["reference"] = {"knn": {k: v for k, v in reference.items() if k in REFERENCE_KEYS}}
+    return ev
+
+
+REFERENCE_KEYS = ("image_auroc", "image_ap", "f1", "f1_max", "pixel_auroc", "aupro", "per_defect_type_auroc")
+
+
+def _evaluate(score: BatchScorer, model: MaskedAutoencoder, val: AnomalyDataset, test: AnomalyDataset,
+              normalize: str, params: EvalParams, category_dir: Path, out_size: int,
+              bank: torch.Tensor | None = None) -> Evaluation:
+    """One scorer on the validation normals (thresholds, map statistics) and the test split (metrics)."""
+    val_scores = score_dataset(score, val, params.batch_size, "score val")
+    test_scores = score_dataset(score, test, params.batch_size, "score test")
     stats = None
     if params.normalize_maps == "position":
         stats, val_scores, test_scores = _normalize_by_position(val_scores, test_scores, params, category_dir)
@@ -95,12 +154,13 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
         per_type = metrics.per_defect_type_auroc(labels, scores, [r.defect_type for r in test.rows])
     except DataError as err:
         raise DataError(f"{category_dir}: {err}") from None
+    recon = test_scores.reconstruction
+    recon_images = _to_uint8(recon, normalize) if model.source.is_pixels else _feature_rgb(recon)
     summary.update(pixel_threshold=t_pixel, per_defect_type_auroc=per_type,
                    num_test_normal=int((labels == 0).sum()), num_test_defective=int(labels.sum()),
                    num_val=len(val))
     return Evaluation(test.rows, labels, scores, maps, masks, test.images.permute(0, 2, 3, 1).numpy(),
-                      _to_uint8(test_scores.reconstruction, normalize), val_scores.score.numpy(), t_image, t_pixel,
-                      summary, stats)
+                      recon_images, val_scores.score.numpy(), t_image, t_pixel, summary, stats, bank)
 
 
 def _normalize_by_position(val: Scores, test: Scores, params: EvalParams,

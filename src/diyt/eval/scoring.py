@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from diyt.model import MaskedAutoencoder, complementary_masks
+from diyt.model import MaskedAutoencoder, complementary_masks, visible_indices
 
 
 class Scores(NamedTuple):
@@ -52,16 +52,32 @@ def partitions(num_patches: int, config: ScoringConfig) -> Tensor:
                         for _ in range(config.repeats)])
 
 
-def reconstruct(model: MaskedAutoencoder, images: Tensor, masks: Tensor) -> Tensor:
-    """(N, C, h, w), K masks (K, L) -> each patch predicted from the pass that hid it, unpatchified (N, C, h, w)."""
-    n, k = images.shape[0], masks.shape[0]
-    batch = images.repeat(k, 1, 1, 1)  # (K*N, C, h, w), pass-major
-    hidden = masks.repeat_interleave(n, dim=0).to(images.device)  # (K*N, L)
-    out = model(batch, mask=hidden)
-    pred = model.denormalize(out.pred, out.target).float()  # (K*N, L, T)
-    pred = pred.view(k, n, *pred.shape[1:])
-    keep = masks.to(pred.device)[:, None, :, None].to(pred.dtype)  # (K, 1, L, 1)
-    return model.unpatchify((pred * keep).sum(dim=0))
+def pass_indices(masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """K complementary masks (K, L) -> each pass's ids_keep (K, Lv), ids_restore (K, L), keep (K, 1, L, 1)."""
+    ids_keep, ids_restore = visible_indices(masks)
+    return ids_keep, ids_restore, masks[:, None, :, None].float()
+
+
+def merge_passes(model: MaskedAutoencoder, tokens: Tensor, target: Tensor, ids_keep: Tensor, ids_restore: Tensor,
+                 keep: Tensor) -> Tensor:
+    """Tokens (N, L, D), target (N, L, T) and K passes' indices -> each patch predicted by the pass that hid it,
+    (N, L, T). The K passes run as one batch; the ONNX graph (`diyt.export`) calls this with stored indices."""
+    k, n = keep.shape[0], tokens.shape[0]
+
+    def per_pass(ids: Tensor) -> Tensor:  # (K, M) -> (K*N, M), pass-major
+        return ids[:, None].expand(-1, n, -1).flatten(0, 1)
+
+    pred = model.predict_hidden(tokens.repeat(k, 1, 1), target.repeat(k, 1, 1), per_pass(ids_keep),
+                                per_pass(ids_restore)).float()  # (K*N, L, T)
+    return (pred.view(k, n, *pred.shape[1:]) * keep.to(pred.dtype)).sum(dim=0)
+
+
+def reconstruct(model: MaskedAutoencoder, images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, C, h, w), K masks (K, L) -> the reconstruction and the target in the source's spatial layout (images
+    (N, C, h, w) for pixels, feature maps (N, C, rows, cols) for features), each patch from the pass that hid it."""
+    tokens, target = model.patchify(images)  # once, not once per pass
+    pred = merge_passes(model, tokens, target, *pass_indices(masks.to(images.device)))
+    return model.unpatchify(pred), model.unpatchify(target.float())
 
 
 def ssim_map(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5,
@@ -85,7 +101,8 @@ def ssim_map(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5,
 
 def error_map(images: Tensor, recon: Tensor, ssim_weight: float,
               ssim_blur: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-    """Per-pixel error (N, h, w): mean squared error over channels, mixed with (1 - SSIM) / 2 by weight."""
+    """Per-cell error (N, h, w) of a reconstruction of `images` (pixels or feature maps, (N, C, h, w)): mean
+    squared error over channels, mixed with (1 - SSIM) / 2 by weight (pixels only)."""
     l2 = (recon - images).square().mean(dim=1)
     if ssim_weight == 0:
         return l2
@@ -119,9 +136,9 @@ def score_images(model: MaskedAutoencoder, images: Tensor, config: ScoringConfig
     parts = partitions(model.num_patches, config) if parts is None else parts
     errors, recons = [], []
     for masks in parts:
-        recon = reconstruct(model, images, masks)
+        recon, target = reconstruct(model, images, masks)
         recons.append(recon)
-        errors.append(error_map(images.float(), recon, config.ssim_weight))
+        errors.append(error_map(target, recon, config.ssim_weight))
     score, maps = reduce_errors(torch.stack(errors), config, out_size)
     return Scores(score, maps, torch.stack(recons).mean(dim=0))
 

@@ -13,24 +13,31 @@ from diyt.model.dyt import norm_factory
 from diyt.model.embed import PatchEmbed, TokenSource
 from diyt.model.mae import MaskedAutoencoder
 from diyt.model.masking import make_masker
-from diyt.model.presets import ArchConfig
 
 if TYPE_CHECKING:
     from diyt.config import ModelParams
 
 
-def pixel_source(arch: ArchConfig) -> TokenSource:
+def pixel_source(params: ModelParams) -> TokenSource:
+    arch = params.arch
     return PatchEmbed(arch.image_size, arch.patch_size, arch.embed_dim)
 
 
-# `model.target` -> the token source; a frozen backbone's feature map plugs in here
-TOKEN_SOURCES: dict[str, Callable[[ArchConfig], TokenSource]] = {"pixels": pixel_source}
+def feature_source(params: ModelParams) -> TokenSource:
+    from diyt.model.backbone import FeatureSource  # imports timm only when features are asked for
+
+    return FeatureSource(params.arch.image_size, params.arch.patch_size, params.backbone, params.feature_layers)
+
+
+# `model.target` -> the token source: pixel patches, or the feature map of a frozen pretrained backbone
+TOKEN_SOURCES: dict[str, Callable[[ModelParams], TokenSource]] = {"pixels": pixel_source,
+                                                                  "features": feature_source}
 
 
 def build_model(params: ModelParams) -> MaskedAutoencoder:
     """The MAE-DyT model of `params`: sizes from `params.arch`, every switch from its own field."""
     arch = params.arch
-    source = TOKEN_SOURCES[params.target](arch)
+    source = TOKEN_SOURCES[params.target](params)
     return MaskedAutoencoder(
         source, arch, norm_factory(params.norm, params.dyt_alpha),
         make_masker(params.masking, source.grid_size, params.mask_ratio),

@@ -24,6 +24,7 @@ class TokenSource(nn.Module):
     grid_size: tuple[int, int]  # (rows, cols) of tokens
     token_dim: int  # D_in
     target_dim: int  # T
+    is_pixels: bool = False  # whether `unpatchify` gives back images (else feature maps)
 
     @property
     def num_patches(self) -> int:
@@ -41,6 +42,8 @@ class TokenSource(nn.Module):
 
 class PatchEmbed(TokenSource):
     """Pixel patches: tokens from a conv with stride = patch, target = the patch's pixels in (p, q, c) order."""
+
+    is_pixels = True
 
     def __init__(self, image_size: int, patch_size: int, embed_dim: int, in_chans: int = 3) -> None:
         super().__init__()

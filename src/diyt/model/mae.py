@@ -135,8 +135,17 @@ class MaskedAutoencoder(nn.Module):
     def forward_encoder(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
         """(N, L, D_in), (N, L) -> latent (N, 1 + Lv, D), chosen layers K x (N, 1 + Lv, D), ids_restore (N, L)."""
         ids_keep, ids_restore = visible_indices(mask)
+        return *self.encode_visible(tokens, ids_keep), ids_restore
+
+    def encode_visible(self, tokens: Tensor, ids_keep: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The encoder on the tokens at `ids_keep` (N, Lv): latent (N, 1 + Lv, D) and the aggregated layers."""
         latent, outputs = self.encoder(tokens, ids_keep)
-        return latent, [outputs[i - 1] for i in self.aggregator.layers], ids_restore
+        return latent, [outputs[i - 1] for i in self.aggregator.layers]
+
+    def predict_hidden(self, tokens: Tensor, target: Tensor, ids_keep: Tensor, ids_restore: Tensor) -> Tensor:
+        """The prediction (N, L, T) for every patch from the visible ones, in the target's original space."""
+        pred = self.forward_decoder(self.aggregate(*self.encode_visible(tokens, ids_keep)), ids_restore)
+        return self.denormalize(pred, target)
 
     def aggregate(self, latent: Tensor, hidden: list[Tensor]) -> Tensor:
         """Decoder-embedded visible tokens conditioned on the fused layers: (N, 1 + Lv, D_dec)."""

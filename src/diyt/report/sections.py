@@ -62,7 +62,8 @@ def examples_section(results: Sequence[CategoryResults]) -> Section:
     blocks: list = [Paragraph(
         "Per category: the highest-scoring defective image (best detection), the lowest-scoring defective image "
         "(worst miss) and the highest-scoring normal image (worst false alarm). Each panel shows input | ground "
-        "truth | anomaly map over the input (ground truth outlined in red) | reconstruction; the colour scale "
+        "truth | anomaly map over the input (ground truth outlined in red) | reconstruction (with the feature "
+        "target: the reconstructed feature map, its three principal components as colours); the colour scale "
         "is shared within a category.")]
     for r in results:
         blocks.append(Subsection(r.name, [

