@@ -173,6 +173,19 @@ def test_two_processes_under_torchrun_match_one(dataset_dir, reference, tmp_path
     assert (tmp_path / "checkpoint" / "checkpoint.safetensors").is_file()
 
 
+def test_feature_target_under_torchrun_matches_one_process(dataset_dir, tmp_path):
+    """A frozen backbone's cached maps under DDP: the same global batches, the same weights."""
+    raw = json.loads(json.dumps(RAW))
+    raw["model"]["target"], raw["data"]["normalize"] = "features", "tf"
+    raw["train"]["pretrain"]["steps"] = 6
+    _finish(_stage(tmp_path / "one", dataset_dir, raw))
+    raw["train"]["nproc"] = 2
+    _finish(_stage(tmp_path / "two", dataset_dir, raw))
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert any(k.startswith("source.backbone.") for k in one)  # the bundle-ready weights carry the backbone
+    _assert_same(two, one, atol=1e-5)
+
+
 def test_kill_9_then_restart_ends_bit_identical(dataset_dir, reference, tmp_path):
     proc = _stage(tmp_path, dataset_dir, _params())
     checkpoint = tmp_path / "checkpoint" / "checkpoint.safetensors"
