@@ -187,6 +187,7 @@ def test_every_page_renders_real_content(served, page, shots, tmp_path):
         text = verdict.inner_text()
         if real:  # the default models must get these right; the fixture's micro models are random
             assert f"Verdict: {expected}" in text, (sample.defect_type, text, metric_value(page, "Score"))
+        page.locator('[data-testid="stImage"] img').nth(1).wait_for()  # the two figures may follow the verdict
         assert page.locator('[data-testid="stImage"] img').count() == 2
         images_loaded(page)
         page.screenshot(path=shots / f"5_inference_{sample.defect_type}.png", full_page=True)
