@@ -115,16 +115,17 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
     if len(val) == 0:
         raise DataError(f"{category_dir}: no validation images to choose thresholds on; raise data.val_fraction")
     out_size = out_size or _prepared_size(test)
+    masks = np.stack([test.mask(i, out_size) for i in range(len(test))])  # (N, H, W), read once for any scorer
     bank = knn = None
     if params.scorer != "reconstruction":
         train = AnomalyDataset(category_dir, ["train"], size, normalize)
         knn, bank = knn_scorer(model, train, config, out_size, params.knn_coreset, params.batch_size, device)
     if params.scorer == "knn":
-        return _evaluate(knn, model, val, test, normalize, params, category_dir, out_size, bank)
-    ev = _evaluate(reconstruction_scorer(model, config, out_size, device), model, val, test, normalize, params,
-                   category_dir, out_size)
+        return _evaluate(knn, model, val, test, masks, normalize, params, category_dir, bank)
+    ev = _evaluate(reconstruction_scorer(model, config, out_size, device), model, val, test, masks, normalize,
+                   params, category_dir)
     if knn is not None:
-        reference = _evaluate(knn, model, val, test, normalize, params, category_dir, out_size, bank).metrics
+        reference = _evaluate(knn, model, val, test, masks, normalize, params, category_dir, bank).metrics
         ev.metrics["reference"] = {"knn": {k: v for k, v in reference.items() if k in REFERENCE_KEYS}}
     return ev
 
@@ -133,7 +134,7 @@ REFERENCE_KEYS = ("image_auroc", "image_ap", "f1", "f1_max", "pixel_auroc", "aup
 
 
 def _evaluate(score: BatchScorer, model: MaskedAutoencoder, val: AnomalyDataset, test: AnomalyDataset,
-              normalize: str, params: EvalParams, category_dir: Path, out_size: int,
+              masks: np.ndarray, normalize: str, params: EvalParams, category_dir: Path,
               bank: torch.Tensor | None = None) -> Evaluation:
     """One scorer on the validation normals (thresholds, map statistics) and the test split (metrics)."""
     val_scores = score_dataset(score, val, params.batch_size, "score val")
@@ -146,7 +147,6 @@ def _evaluate(score: BatchScorer, model: MaskedAutoencoder, val: AnomalyDataset,
     t_pixel = pixel_threshold(val_scores.anomaly_map.numpy(), params.threshold, params.threshold_quantile,
                               params.threshold_k)
     labels = test.labels.numpy()
-    masks = np.stack([test.mask(i, out_size) for i in range(len(test))])
     maps = test_scores.anomaly_map.numpy().astype(np.float32)
     scores = test_scores.score.numpy()
     try:
