@@ -1,19 +1,23 @@
 """Training speed of the MAE-DyT model: forward+backward images/s per preset, the DyT / LayerNorm step-time
-ratio at equal size, and model FLOP utilisation against a plain matmul measured in the same run.
+ratio at equal size, DiyT against a vanilla MAE assembled from timm's ViT blocks (same width, depth and tokens),
+and model FLOP utilisation against a plain matmul measured in the same run.
 
-Prints a table, asserts nothing. Times are the best of a few steps, so other load on the machine shows as
-less noise. Usage: python benchmarks/model_speed.py [--device cpu|cuda] [--presets tiny small seed]
+Prints tables, asserts nothing. Times are the best of a few steps, so other load on the machine shows as
+less noise; compared models alternate, so load drifts hit both. timm is a benchmark-only dependency here.
+Usage: python benchmarks/model_speed.py [--device cpu|cuda] [--presets tiny small seed]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import types
 
 import torch
 
 from diyt.config import ModelParams
-from diyt.model import build_model, forward_flops
+from diyt.model import ArchConfig, build_model, forward_flops
+from diyt.model.pos_embed import sincos_2d
 from roofline import matmul_flops, sync
 
 BATCH = {"tiny": 32, "small": 8, "seed": 4}  # CPU batches; seed is a GPU preset
@@ -76,6 +80,80 @@ def norm_ratio(device: torch.device, preset: str = "tiny", rounds: int = 4) -> N
           f"= {best['dyt'] / best['layernorm']:.2f}")
 
 
+class TimmMAE(torch.nn.Module):
+    """The vanilla MAE (He et al., 2022) from timm's ViT `Block`s and `PatchEmbed`: LayerNorm, random masking,
+    fixed sin-cos positions, a class token, a decoder on the encoded visible tokens plus mask tokens, an L2 loss
+    on the hidden patches. The speed peer of DiyT at the same sizes."""
+
+    def __init__(self, arch: ArchConfig, mask_ratio: float = 0.5) -> None:
+        from timm.layers import PatchEmbed
+        from timm.models.vision_transformer import Block
+
+        super().__init__()
+        p, dim, dec = arch.patch_size, arch.embed_dim, arch.decoder_embed_dim
+        grid = arch.image_size // p
+        self.patch_size, self.mask_ratio = p, mask_ratio
+        self.patch_embed = PatchEmbed(arch.image_size, p, 3, dim)
+        self.cls_token = torch.nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("pos", sincos_2d(dim, (grid, grid))[None].float(), persistent=False)
+        self.blocks = torch.nn.ModuleList(Block(dim, arch.num_heads, arch.mlp_ratio, qkv_bias=True)
+                                          for _ in range(arch.depth))
+        self.norm = torch.nn.LayerNorm(dim)
+        self.decoder_embed = torch.nn.Linear(dim, dec)
+        self.mask_token = torch.nn.Parameter(torch.zeros(1, 1, dec))
+        self.register_buffer("decoder_pos", sincos_2d(dec, (grid, grid))[None].float(), persistent=False)
+        self.decoder_blocks = torch.nn.ModuleList(Block(dec, arch.decoder_num_heads, arch.mlp_ratio, qkv_bias=True)
+                                                  for _ in range(arch.decoder_depth))
+        self.decoder_norm = torch.nn.LayerNorm(dec)
+        self.decoder_pred = torch.nn.Linear(dec, p * p * 3)
+
+    def forward(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> types.SimpleNamespace:
+        n, p = imgs.shape[0], self.patch_size
+        target = imgs.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 4, 5, 1).reshape(n, -1, p * p * 3)
+        x = self.patch_embed(imgs) + self.pos
+        length = x.shape[1]
+        keep = int(length * (1 - self.mask_ratio))
+        noise = torch.rand(n, length, generator=generator).to(imgs.device)
+        ids_shuffle = noise.argsort(dim=1)
+        ids_restore = ids_shuffle.argsort(dim=1)
+        x = x.gather(1, ids_shuffle[:, :keep, None].expand(-1, -1, x.shape[2]))
+        x = torch.cat([self.cls_token.expand(n, -1, -1), x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        x = self.decoder_embed(self.norm(x))
+        hidden = self.mask_token.expand(n, length - keep, -1)
+        y = torch.cat([x[:, 1:], hidden], dim=1).gather(1, ids_restore[..., None].expand(-1, -1, x.shape[2]))
+        y = torch.cat([x[:, :1], y + self.decoder_pos], dim=1)
+        for block in self.decoder_blocks:
+            y = block(y)
+        pred = self.decoder_pred(self.decoder_norm(y))[:, 1:]
+        mask = torch.ones(n, length, device=imgs.device)
+        mask[:, :keep] = 0
+        mask = mask.gather(1, ids_restore)
+        loss = ((pred - target).square().mean(dim=-1) * mask).sum() / mask.sum()
+        return types.SimpleNamespace(loss=loss)
+
+
+def peer_ratio(device: torch.device, preset: str = "tiny", rounds: int = 4) -> None:
+    """DiyT (its defaults, and with the plain MAE's switches) against the timm MAE, same sizes and tokens."""
+    size, batch = ModelParams(preset=preset).arch.image_size, BATCH[preset]
+    imgs = torch.randn(batch, 3, size, size, device=device)
+    plain = dict(norm="layernorm", masking="random", pos_embed="sincos", aggregate_layers=[])
+    models = {"DiyT (DyT, block masks, hybrid, aggregation)": build_model(ModelParams(preset=preset)),
+              "DiyT with the plain MAE's switches": build_model(ModelParams(preset=preset, **plain)),
+              "timm MAE (timm ViT blocks)": TimmMAE(ModelParams(preset=preset).arch)}
+    best = {name: float("inf") for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            best[name] = min(best[name], step_seconds(model.to(device), imgs, iters=1))
+    peer = best["timm MAE (timm ViT blocks)"]
+    print(f"against a vanilla MAE from timm's ViT blocks ({preset}: {size} px, "
+          f"{(size // ModelParams(preset=preset).arch.patch_size) ** 2} tokens, batch {batch}), best step time:")
+    for name, model in models.items():
+        millions = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"  {name:<46} {millions:5.2f} M params  {best[name]:.3f} s  = {best[name] / peer:.2f}x timm MAE")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -86,6 +164,7 @@ def main() -> None:
     first = matmul_gflops(device)
     rows = preset_rows(args.presets, device)
     norm_ratio(device)
+    peer_ratio(device)
     last = matmul_gflops(device)
     measured = [first, *(r["matmul"] for r in rows), last]
     peak = max(measured)  # the least disturbed matmul is the reference

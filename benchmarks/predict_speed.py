@@ -5,8 +5,9 @@ already decoded images: the model, the K passes, error, upsampling, smoothing, s
 latency (median of single-image calls) and end-to-end `predict` throughput (decoding, scoring, heat-map PNGs,
 results file; best round). The engines alternate round by round, so load from other processes on a shared
 machine falls on all. A third row runs the export's own module (`diyt.export.ScoringGraph`) in eager PyTorch,
-which separates onnxruntime's share of the speed-up from the graph's (its separable blur). Prints a table,
-asserts nothing. The goal is onnxruntime at least 1.5x eager.
+which separates onnxruntime's share of the speed-up from the graph's (its separable blur). The scoring FLOPs
+per image (backbone, K passes, blur) against a matmul measured in the same run give the inference FLOP
+utilisation. Prints a table, asserts nothing. The goal is onnxruntime at least 1.5x eager.
 
 Usage: python benchmarks/predict_speed.py [--model bundles/synthetic/weave] [--input 'GLOB'] [--onnx FILE]
        [--batch-size 32] [--threads N]
@@ -25,7 +26,9 @@ import torch
 
 from diyt.bundle import load_bundle
 from diyt.export import ScoringGraph, export_onnx
+from diyt.model import forward_flops
 from diyt.predict import OnnxScorer, Scorer, TorchScorer, find_inputs, predict
+from roofline import matmul_flops
 
 
 class GraphScorer:
@@ -84,6 +87,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    roof = matmul_flops(torch.device("cpu"), n=1024)
     bundle = load_bundle(args.model, "cpu")
     paths = find_inputs([args.input])
     pixels = np.stack([bundle.preprocess.load(p)[0] for p in paths[: args.batch_size]])
@@ -93,15 +97,20 @@ def main() -> None:
                    "onnxruntime": OnnxScorer(onnx_path, threads=args.threads),
                    "eager, graph": GraphScorer(bundle)}
         rows = measure(engines, pixels, paths, bundle, args.batch_size, args.reps)
+        flops = forward_flops(engines["eager, graph"].graph, torch.zeros(1, 3, *pixels.shape[1:3]))
+    roof = max(roof, matmul_flops(torch.device("cpu"), n=1024))  # the least disturbed of the two
 
     arch = bundle.model.arch
     print(f"\n{bundle.path}: {arch.image_size} px, patch {arch.patch_size}, width {arch.embed_dim}, depth "
           f"{arch.depth}+{arch.decoder_depth}; K={bundle.scoring.num_masks} R={bundle.scoring.repeats}; "
           f"map {bundle.out_size} px; CPU, {args.threads} threads, torch {torch.__version__}")
-    print(f"{'engine':<13} {'scoring img/s (batch ' + str(len(pixels)) + ')':>26} {'batch-1 latency ms':>19} "
+    print(f"scoring: {flops / 1e9:.2f} GFLOP per image (backbone, {bundle.scoring.num_masks} passes, blur); "
+          f"matmul 1024^3 float32: {roof / 1e9:.1f} GFLOP/s")
+    print(f"{'engine':<13} {'scoring img/s (batch ' + str(len(pixels)) + ')':>26} {'MFU':>6} {'batch-1 latency ms':>19} "
           f"{'predict img/s (' + str(len(paths)) + ' files)':>26}")
     for row in rows:
-        print(f"{row['engine']:<13} {row['throughput']:>26.1f} {row['latency_ms']:>19.1f} {row['predict']:>26.1f}")
+        print(f"{row['engine']:<13} {row['throughput']:>26.1f} {flops * row['throughput'] / roof:>6.1%} "
+              f"{row['latency_ms']:>19.1f} {row['predict']:>26.1f}")
     eager, ort, graph = rows
     print(f"onnxruntime / eager: scoring {ort['throughput'] / eager['throughput']:.2f}x, batch-1 latency "
           f"{eager['latency_ms'] / ort['latency_ms']:.2f}x, predict {ort['predict'] / eager['predict']:.2f}x "

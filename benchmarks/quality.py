@@ -18,41 +18,22 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from diyt.config import KNOWN_CATEGORIES, Params, load_params, parse_params
+from diyt.config import KNOWN_CATEGORIES, Params, parse_params
 from diyt.data.prepare import prepare
 from diyt.errors import user_errors
-from diyt.eval.evaluate import evaluate_category
 from diyt.train.distributed import pick_device
-from diyt.train.runner import run_phase
+from pipeline import dataset_params, evaluate_all, mean_of, train_all, with_overrides
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1")
 
 
 def quality_params(base: Path, dataset: str, data_path: str | None, overrides: list[str]) -> Params:
-    """params.yaml on `dataset` (all its categories, no 90-degree rotations: its parts have an orientation),
-    both scorers, then the `key=value` overrides."""
-    raw = load_params(base).model_dump(mode="json")
-    categories = KNOWN_CATEGORIES[dataset]
-    raw["data"].update(source=dataset, path=data_path)
-    if categories is not None:
-        raw["data"]["categories"] = list(categories)
-    raw["data"]["augment"]["rot90_categories"] = []
-    raw["eval"]["scorer"] = "both"
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --set {item!r}: expected key=value, e.g. train.finetune.epochs=4")
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+    """params.yaml on `dataset` (all its categories, no 90-degree rotations), both scorers, then the overrides."""
+    raw = with_overrides(dataset_params(base, dataset, data_path, scorer="both"), overrides)
     return parse_params(raw, "quality params")
 
 
@@ -82,31 +63,17 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="diyt-quality-") as tmp:
         work = args.work or Path(tmp)
         dataset_dir = prepare(params.data, work / "prepared", work / "cache")
-        common = dict(model_params=params.model, data=params.data, train_params=params.train,
-                      params_digest=params.digest(), dataset_dir=dataset_dir, log_dir=None)
-        start = time.perf_counter()
-        run_phase("pretrain", categories=params.data.categories, out_dir=work / "models/pretrain",
-                  checkpoint_dir=work / "checkpoints/pretrain", **common)
-        for category in params.data.categories:
-            run_phase("finetune", categories=[category], out_dir=work / f"models/{category}",
-                      checkpoint_dir=work / f"checkpoints/{category}", init_dir=work / "models/pretrain", **common)
-        train_minutes = (time.perf_counter() - start) / 60
-        from diyt.bundle import load_trained
-
+        train_minutes = train_all(params, dataset_dir, work).train_seconds / 60
+        results = evaluate_all(params, dataset_dir, work)
         device = pick_device(params.train.device)
-        results = {}
-        for category in params.data.categories:
-            trained = load_trained(work / f"models/{category}", device)
-            ev = evaluate_category(trained.model, dataset_dir / category, trained.normalize, params.eval, device)
-            results[category] = ev.metrics
     rows = {}
     for category, m in results.items():
         rows[f"{category} reconstruction"] = m
         rows[f"{category} kNN reference"] = m["reference"]["knn"]
     print(table(f"{args.dataset}: {params.model.target} target, {params.model.arch.image_size} px, "
                 f"trained {train_minutes:.1f} min (budget {args.minutes:g})", rows))
-    mean = {k: sum(m[k] for m in results.values()) / len(results) for k in KEYS}
-    knn = {k: sum(m["reference"]["knn"][k] for m in results.values()) / len(results) for k in KEYS}
+    mean = mean_of(results, KEYS)
+    knn = mean_of({c: m["reference"]["knn"] for c, m in results.items()}, KEYS)
     print(json.dumps({**mean, "train_minutes": round(train_minutes, 2),
                       "within_budget": train_minutes <= args.minutes, "knn": knn,
                       "device": str(device), "torch_threads": torch.get_num_threads()}))

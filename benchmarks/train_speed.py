@@ -2,7 +2,8 @@
 model FLOP utilisation against a matmul measured in the same run, peak memory, and what that means in time.
 
 Prints, asserts nothing. Each preset trains `--steps` steps after a short warm-up run, through
-`diyt.train.train` on a stand-in dataset of generated images at the preset's size (or `--data`, a prepared
+`diyt.train.train` as the stages do (with the feature target, on the frozen backbone's maps computed once
+before the timed steps, and FLOPs counted for the trained model only), on a stand-in dataset of generated images at the preset's size (or `--data`, a prepared
 dataset folder). On CUDA the seed preset runs in bf16 at 224 px and the time to pre-train and fine-tune all
 15 MVTec AD categories is projected from it.
 
@@ -27,6 +28,7 @@ from diyt.data.layout import write_category
 from diyt.data.sample import Sample
 from diyt.model import ArchConfig, build_model, forward_flops
 from diyt.train import Checkpointing, train, train_images
+from diyt.train.data import TrainFeatures
 from diyt.train.distributed import start
 from roofline import matmul_flops
 
@@ -65,9 +67,13 @@ def measure(model_params: ModelParams, data: DataParams, dataset_dir: Path, cate
     """(images/s of `steps` training steps, forward FLOPs per image, device) after a 2-step warm-up run."""
     runtime = start(device_kind, amp=True, compile=False, num_workers=0)
     dataset = train_images(dataset_dir, categories, data, model_params.arch.image_size, seed=0)
-    model = build_model(model_params)
+    model = build_model(model_params).to(runtime.device)
     size = model_params.arch.image_size
-    flops = forward_flops(model.to(runtime.device), torch.zeros(1, 3, size, size, device=runtime.device))
+    sample = torch.zeros(1, 3, size, size, device=runtime.device)
+    if not model.source.is_pixels:  # as the runner: the frozen backbone's maps once, before the timed steps
+        dataset = TrainFeatures(dataset, model.source, runtime.device)
+        sample = model.source.feature_map(sample)
+    flops = forward_flops(model, sample)  # what is trained; a frozen backbone's forward is not part of a step
     if runtime.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runtime.device)
     result = None

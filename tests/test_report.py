@@ -196,6 +196,16 @@ def test_ablation_table_and_format_errors(project):
     assert "| experiment | overrides | image AUROC | F1 | AUPRO | pixel AUROC |\n" in md
     assert "| plain-mae | `-S model.aggregate_layers=[]` | 0.610 | 0.550 | 0.500 | 0.800 |" in md
 
+    # over several seeds: mean ± std, and a seeds column
+    project["ablation"].write_text(json.dumps({"dataset": "synthetic", "rows": [
+        {"name": "plain MAE", "overrides": {"eval.num_masks": 1}, "image_auroc": 0.61, "aupro": 0.5,
+         "pixel_auroc": 0.8, "f1": 0.55, "seeds": 3, "image_auroc_std": 0.0125, "aupro_std": 0.002,
+         "pixel_auroc_std": 0.0, "f1_std": 0.01, "train_images_per_s": 50.0}]}))
+    run_stage(project)
+    md = project["markdown"].read_text()
+    assert ("| plain MAE | `-S eval.num_masks=1` | 0.610 ± 0.013 | 0.550 ± 0.010 | 0.500 ± 0.002 | 0.800 ± 0.000 "
+            "| 3 | 50.0 |") in md
+
     project["ablation"].write_text(json.dumps({"rows": [{"name": "x", "image_auroc": 0.5, "aupro": 0.5}]}))
     with pytest.raises(DiytError, match=r"ablation.json: rows.0.pixel_auroc: Field required"):
         read_ablation(project["ablation"])

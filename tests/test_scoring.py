@@ -52,6 +52,23 @@ def test_each_patch_comes_from_the_pass_that_hid_it(model):
 
 
 @torch.no_grad()
+def test_single_pass_scores_only_the_hidden_half(model):
+    """K = 1, the plain MAE's scoring: the first of two complementary masks; its visible patches keep their
+    target (error 0), its hidden ones the pass's prediction, exactly as in the two-pass reconstruction."""
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    single = partitions(model.num_patches, ScoringConfig(num_masks=1))[0]  # (1, 16)
+    pair = partitions(model.num_patches, ScoringConfig(num_masks=2))[0]
+    assert torch.equal(single[0], pair[0]) and int(single.sum()) == model.num_patches // 2
+    one, _ = reconstruct(model, images, single)
+    two, _ = reconstruct(model, images, pair)
+    one, two, target = (model.patchify(t).target for t in (one, two, images))
+    hidden = single[0]
+    torch.testing.assert_close(one[:, hidden], two[:, hidden], rtol=1e-5, atol=1e-5)
+    assert torch.equal(one[:, ~hidden], target[:, ~hidden])
+    assert error_map(images, model.unpatchify(one), 0.0).gt(0).any()
+
+
+@torch.no_grad()
 def test_scores_do_not_depend_on_batching(model):
     images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     config = ScoringConfig(num_masks=2, repeats=2, sigma=1.0)

@@ -180,7 +180,7 @@ class TrainParams(Section):
 class EvalParams(Section):
     scorer: Literal["reconstruction", "knn", "both"] = "reconstruction"  # both: kNN as a reference in metrics
     knn_coreset: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # of the train normals' feature cells kept in the kNN memory bank
-    num_masks: Annotated[int, Field(ge=2)] = 2  # K complementary masks partitioning the patches
+    num_masks: PositiveInt = 2  # K complementary masks partitioning the patches; 1: a plain single pass
     repeats: PositiveInt = 1  # R partitions, averaged
     ssim_weight: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     sigma: Annotated[float, Field(ge=0.0)] = 4.0  # Gaussian smoothing of the anomaly map, in pixels

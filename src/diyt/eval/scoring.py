@@ -2,7 +2,8 @@
 
 A masked autoencoder copies what it sees, so every patch is scored from a pass in which it was hidden: the
 patches are partitioned into K complementary masks, the image is reconstructed K times (one batched forward),
-and each patch keeps the prediction of the pass that hid it. R such partitions are averaged. The per-pixel
+and each patch keeps the prediction of the pass that hid it. R such partitions are averaged. K = 1 is the plain
+MAE's single pass, kept for the ablation: one random half of the patches hidden, the other half scoring 0. The per-pixel
 error (L2 over channels, optionally mixed with 1 - SSIM) is upsampled to the mask resolution and smoothed;
 the image score is the map's maximum or the mean of its top-k pixels.
 """
@@ -46,9 +47,10 @@ class ScoringConfig:
 
 
 def partitions(num_patches: int, config: ScoringConfig) -> Tensor:
-    """The R partitions (R, K, L) bool, fixed by the seed so a score never depends on batching."""
+    """The R partitions (R, K, L) bool, fixed by the seed so a score never depends on batching. K = 1 (a single
+    pass) is the first of two complementary masks: it hides half the patches and leaves the rest unscored."""
     generator = torch.Generator().manual_seed(config.seed)
-    return torch.stack([complementary_masks(num_patches, config.num_masks, generator)
+    return torch.stack([complementary_masks(num_patches, max(config.num_masks, 2), generator)[: config.num_masks]
                         for _ in range(config.repeats)])
 
 
@@ -61,7 +63,8 @@ def pass_indices(masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def merge_passes(model: MaskedAutoencoder, tokens: Tensor, target: Tensor, ids_keep: Tensor, ids_restore: Tensor,
                  keep: Tensor) -> Tensor:
     """Tokens (N, L, D), target (N, L, T) and K passes' indices -> each patch predicted by the pass that hid it,
-    (N, L, T). The K passes run as one batch; the ONNX graph (`diyt.export`) calls this with stored indices."""
+    (N, L, T); a patch no pass hid (a single pass) is taken as its target, error 0. The K passes run as one
+    batch; the ONNX graph (`diyt.export`) calls this with stored indices."""
     k, n = keep.shape[0], tokens.shape[0]
 
     def per_pass(ids: Tensor) -> Tensor:  # (K, M) -> (K*N, M), pass-major
@@ -69,7 +72,11 @@ def merge_passes(model: MaskedAutoencoder, tokens: Tensor, target: Tensor, ids_k
 
     pred = model.predict_hidden(tokens.repeat(k, 1, 1), target.repeat(k, 1, 1), per_pass(ids_keep),
                                 per_pass(ids_restore)).float()  # (K*N, L, T)
-    return (pred.view(k, n, *pred.shape[1:]) * keep.to(pred.dtype)).sum(dim=0)
+    keep = keep.to(pred.dtype)
+    merged = (pred.view(k, n, *pred.shape[1:]) * keep).sum(dim=0)
+    if k > 1:  # complementary masks: every patch was hidden once
+        return merged
+    return merged + target.float() * (1 - keep[0])
 
 
 def reconstruct(model: MaskedAutoencoder, images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:

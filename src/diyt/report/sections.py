@@ -128,12 +128,13 @@ def ablation_section(ablation: Ablation | None, ablation_path: Path) -> Section:
     if ablation is None:
         return Section("ablation", "7. Ablation", [Paragraph(
             f"No ablation results yet: `{ablation_path}` does not exist. `{HOW_TO_RUN}` runs the ablation (plain "
-            "MAE, each seed feature added alone, full DiyT) as DVC experiments and writes it (format: "
+            "MAE, each seed feature added alone, full DiyT) over several training seeds and writes it (format: "
             "`diyt.report.ablation`); then render the report again with `dvc repro -s -f report`.")])
     columns, rows = ablation_table(ablation)
     return Section("ablation", "7. Ablation", [
         Paragraph(f"From `{ablation_path}`" + (f" ({ablation.dataset})" if ablation.dataset else "")
-                  + ": dataset means over categories; overrides are the `dvc exp run -S` pairs of each row."),
+                  + ": dataset means over categories (mean ± std over training seeds where given); overrides are the "
+                  "`dvc exp run -S` pairs that reproduce each row."),
         Table(columns, rows, align="ll" + "r" * (len(columns) - 2)),
     ])
 

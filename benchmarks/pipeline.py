@@ -1,0 +1,88 @@
+"""DiyT's own pipeline in one process, for the benchmarks: params with `key=value` overrides, then prepare,
+pre-train, fine-tune per category and evaluate, without the per-image figures of the `evaluate` stage."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from diyt.bundle import load_trained
+from diyt.config import KNOWN_CATEGORIES, Params, load_params
+from diyt.eval.evaluate import evaluate_category
+from diyt.train.distributed import pick_device
+from diyt.train.runner import run_phase
+
+
+def with_overrides(raw: dict, items: list[str] | dict[str, object]) -> dict:
+    """`raw` params (nested dicts) with `key=value` overrides applied, values parsed as YAML (as `dvc exp run
+    -S`); a dict maps keys to values already parsed."""
+    pairs = items.items() if isinstance(items, dict) else [_split(item) for item in items]
+    for key, value in pairs:
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value) if isinstance(value, str) else value
+    return raw
+
+
+def _split(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"error: --set {item!r}: expected key=value, e.g. train.finetune.epochs=4")
+    return key, value
+
+
+def dataset_params(base: Path, dataset: str, data_path: str | None, scorer: str) -> dict:
+    """params.yaml (nested dicts) on `dataset`: its categories, and no 90-degree rotations on a real dataset
+    (its parts have an orientation)."""
+    raw = load_params(base).model_dump(mode="json")
+    if dataset != raw["data"]["source"]:
+        raw["data"].update(source=dataset, path=data_path)
+        categories = KNOWN_CATEGORIES[dataset]
+        if categories is not None:
+            raw["data"]["categories"] = list(categories)
+        raw["data"]["augment"]["rot90_categories"] = []
+    elif data_path is not None:
+        raw["data"]["path"] = data_path
+    raw["eval"]["scorer"] = scorer
+    return raw
+
+
+@dataclass
+class Trained:
+    """What one pre-training and its fine-tunings took."""
+
+    train_seconds: float
+    pretrain_images_per_s: float
+
+
+def train_all(params: Params, dataset_dir: Path, work: Path) -> Trained:
+    """Pre-train on every category, fine-tune each: `work/models/{pretrain,<category>}`."""
+    common = dict(model_params=params.model, data=params.data, train_params=params.train,
+                  params_digest=params.digest(), dataset_dir=dataset_dir, log_dir=None)
+    began = time.perf_counter()
+    pre = run_phase("pretrain", categories=params.data.categories, out_dir=work / "models/pretrain",
+                    checkpoint_dir=work / "checkpoints/pretrain", **common)
+    for category in params.data.categories:
+        run_phase("finetune", categories=[category], out_dir=work / f"models/{category}",
+                  checkpoint_dir=work / f"checkpoints/{category}", init_dir=work / "models/pretrain", **common)
+    return Trained(time.perf_counter() - began, pre.images_per_s)
+
+
+def evaluate_all(params: Params, dataset_dir: Path, work: Path) -> dict[str, dict]:
+    """Each category's metrics (as in its metrics.json) from the models `train_all` wrote."""
+    device = pick_device(params.train.device)
+    results = {}
+    for category in params.data.categories:
+        trained = load_trained(work / f"models/{category}", device)
+        results[category] = evaluate_category(trained.model, dataset_dir / category, trained.normalize,
+                                              params.eval, device).metrics
+    return results
+
+
+def mean_of(results: dict[str, dict], keys: tuple[str, ...]) -> dict[str, float]:
+    return {k: sum(m[k] for m in results.values()) / len(results) for k in keys}
