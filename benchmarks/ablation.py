@@ -9,7 +9,7 @@ Usage (from the project root):
     python benchmarks/ablation.py                                   # synthetic default, 3 seeds
     python benchmarks/ablation.py --dataset magnetic_tile --data-path PATH --seeds 1
     python benchmarks/ablation.py --rows plain-mae diyt-full --seeds 1 --set train.pretrain.epochs=1
-Each row's overrides also reproduce it as a DVC experiment: `dvc exp run -S key=value ...`.
+With `--work DIR`, a run that was stopped resumes: every training already in DIR is reused. Each row's overrides also reproduce it as a DVC experiment: `dvc exp run -S key=value ...`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from diyt.config import KNOWN_CATEGORIES, parse_params
 from diyt.data.prepare import prepare
 from diyt.errors import user_errors
 from diyt.io import write_json
-from pipeline import dataset_params, evaluate_all, mean_of, train_all, with_overrides
+from pipeline import dataset_params, evaluate_all, mean_of, train_all, training_key, with_overrides
 
 PLAIN = {"model.norm": "layernorm", "model.masking": "random", "model.pos_embed": "sincos",
          "model.aggregate_layers": [], "eval.num_masks": 1}
@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> None:
             trainings: dict[str, tuple[Path, float]] = {}  # what decides the weights -> (models, images/s)
             for name, params in row_params.items():
                 params = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
-                key = json.dumps(params.model_dump(mode="json", exclude={"eval"}), sort_keys=True)
+                key = training_key(params)
                 if key not in trainings:
-                    run_dir = work / f"seed{seed}" / name
+                    run_dir = work / f"seed{seed}" / key  # by what is trained: a rerun finds it whatever the row
                     print(f"seed {seed}, {name}: training", flush=True)
                     trainings[key] = (run_dir, train_all(params, dataset_dir, run_dir).pretrain_images_per_s)
                 run_dir, images_per_s = trainings[key]

@@ -3,6 +3,9 @@ pre-train, fine-tune per category and evaluate, without the per-image figures of
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +15,7 @@ import yaml
 from diyt.bundle import load_trained
 from diyt.config import KNOWN_CATEGORIES, Params, load_params
 from diyt.eval.evaluate import evaluate_category
+from diyt.io import write_json
 from diyt.train.distributed import pick_device
 from diyt.train.runner import run_phase
 
@@ -60,8 +64,19 @@ class Trained:
     pretrain_images_per_s: float
 
 
+def training_key(params: Params) -> str:
+    """What decides the trained weights: every param but the evaluation's."""
+    blob = json.dumps(params.model_dump(mode="json", exclude={"eval"}), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def train_all(params: Params, dataset_dir: Path, work: Path) -> Trained:
-    """Pre-train on every category, fine-tune each: `work/models/{pretrain,<category>}`."""
+    """Pre-train on every category, fine-tune each: `work/models/{pretrain,<category>}`, and `work/trained.json`
+    with the times. A `work` that already holds this training (same data, model and train params) is reused."""
+    record = work / "trained.json"
+    if record.exists() and (done := json.loads(record.read_text()))["key"] == training_key(params):
+        print(f"reusing the models trained in {work} ({done['train_seconds'] / 60:.1f} min)", flush=True)
+        return Trained(done["train_seconds"], done["pretrain_images_per_s"])
     common = dict(model_params=params.model, data=params.data, train_params=params.train,
                   params_digest=params.digest(), dataset_dir=dataset_dir, log_dir=None)
     began = time.perf_counter()
@@ -70,7 +85,9 @@ def train_all(params: Params, dataset_dir: Path, work: Path) -> Trained:
     for category in params.data.categories:
         run_phase("finetune", categories=[category], out_dir=work / f"models/{category}",
                   checkpoint_dir=work / f"checkpoints/{category}", init_dir=work / "models/pretrain", **common)
-    return Trained(time.perf_counter() - began, pre.images_per_s)
+    trained = Trained(time.perf_counter() - began, pre.images_per_s)
+    write_json(record, {"key": training_key(params), **dataclasses.asdict(trained)})
+    return trained
 
 
 def evaluate_all(params: Params, dataset_dir: Path, work: Path) -> dict[str, dict]:
