@@ -82,7 +82,8 @@ def overrides_text(overrides: dict[str, object]) -> str:
     """`-S key=value` pairs as on the command line (lists in YAML flow style) in backticks, or "defaults"."""
     if not overrides:
         return "defaults"
-    return " ".join(f"`-S {k}={json.dumps(v) if isinstance(v, list | dict) else v}`" for k, v in overrides.items())
+    return " ".join(f"`-S {k}={json.dumps(v, separators=(',', ':')) if isinstance(v, list | dict) else v}`"
+                    for k, v in overrides.items())
 
 
 def _cell(value: float | None, digits: int, std: float | None = None) -> str:
