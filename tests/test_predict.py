@@ -196,7 +196,7 @@ def test_bundle_errors_name_the_file_and_what_to_do(micro, tmp_path):
         load_bundle(partial)
 
     odd_scoring = _broken_copy(micro, tmp_path, "odd_scoring")
-    (odd_scoring / BUNDLE).write_text(json.dumps({**manifest, "scoring": {**manifest["scoring"], "num_masks": 1}}))
+    (odd_scoring / BUNDLE).write_text(json.dumps({**manifest, "scoring": {**manifest["scoring"], "num_masks": 0}}))
     with pytest.raises(DiytError, match=r"incomplete or invalid"):
         load_bundle(odd_scoring)
 
