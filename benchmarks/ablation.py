@@ -9,13 +9,13 @@ Usage (from the project root):
     python benchmarks/ablation.py                                   # synthetic default, 3 seeds
     python benchmarks/ablation.py --dataset magnetic_tile --data-path PATH --seeds 1
     python benchmarks/ablation.py --rows plain-mae diyt-full --seeds 1 --set train.pretrain.epochs=1
-With `--work DIR`, a run that was stopped resumes: every training already in DIR is reused. Each row's overrides also reproduce it as a DVC experiment: `dvc exp run -S key=value ...`.
+With `--work DIR`, a run that was stopped resumes: every training already in DIR is reused. Each row's
+overrides also reproduce it as a DVC experiment: `dvc exp run -S key=value ...`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or Path("reports/ablation.json" if args.dataset == "synthetic"
                            else f"reports/ablation-{args.dataset}.json")
     base = with_overrides(dataset_params(args.params, args.dataset, args.data_path, "reconstruction"), args.set)
-    row_params = {name: parse_params(with_overrides(json.loads(json.dumps(base)), overrides), f"ablation row {name}")
+    row_params = {name: parse_params(with_overrides(base, overrides), f"ablation row {name}")
                   for name, (_, overrides) in ((n, ROWS[n]) for n in args.rows)}
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="diyt-ablation-") as tmp:

@@ -91,13 +91,11 @@ def throughput(score: BatchScorer, dataset: AnomalyDataset, batch_size: int) -> 
     return scores, len(dataset) / (time.perf_counter() - began)
 
 
-def measure(score: BatchScorer, category_dir: Path, params: Params, out_size: int) -> tuple[dict, float]:
+def measure(score: BatchScorer, val: AnomalyDataset, test: AnomalyDataset, params: Params,
+            out_size: int) -> tuple[dict, float]:
     """(metrics, test images/s) of one scorer: the image threshold from the validation normals (for F1)."""
-    size, normalize, batch = params.model.arch.image_size, params.data.normalize, params.eval.batch_size
-    val = AnomalyDataset(category_dir, ["val"], size, normalize)
-    test = AnomalyDataset(category_dir, ["test"], size, normalize)
-    val_scores, _ = throughput(score, val, batch)
-    test_scores, images_per_s = throughput(score, test, batch)
+    val_scores, _ = throughput(score, val, params.eval.batch_size)
+    test_scores, images_per_s = throughput(score, test, params.eval.batch_size)
     masks = np.stack([test.mask(i, out_size) for i in range(len(test))])
     threshold = image_threshold(val_scores.score.numpy(), params.eval.threshold, params.eval.threshold_quantile,
                                 params.eval.threshold_k)
@@ -135,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     if params.model.target != "features":
         raise DiytError("model.target: PatchCore needs the backbone DiyT reconstructs; use the feature target")
     device, out_size = torch.device("cpu"), params.data.image_size  # metrics at the prepared (mask) resolution
+    size, normalize = params.model.arch.image_size, params.data.normalize
+    config = ScoringConfig.from_params(params.eval)
     names = ("DiyT reconstruction", "DiyT kNN reference", "PatchCore (anomalib)")
     per_category: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="diyt-patchcore-") as tmp:
@@ -143,17 +143,14 @@ def main(argv: list[str] | None = None) -> None:
         diyt_fit = train_all(params, dataset_dir, work).train_seconds
         diyt = evaluate_all(params, dataset_dir, work)
         for category in params.data.categories:
-            category_dir = dataset_dir / category
-            size, normalize = params.model.arch.image_size, params.data.normalize
-            test = AnomalyDataset(category_dir, ["test"], size, normalize)
+            val, test, train = (AnomalyDataset(dataset_dir / category, [split], size, normalize)
+                                for split in ("val", "test", "train"))
             model = load_trained(work / f"models/{category}", device).model
-            config = ScoringConfig.from_params(params.eval)
             _, diyt_speed = throughput(reconstruction_scorer(model, config, out_size, device), test,
                                        params.eval.batch_size)
             pc = patchcore(params)
-            train = AnomalyDataset(category_dir, ["train"], size, normalize)
             fit_seconds = fit(pc, train, params.eval.batch_size, args.coreset, args.sampler)
-            pc_metrics, pc_speed = measure(patchcore_scorer(pc, out_size), category_dir, params, out_size)
+            pc_metrics, pc_speed = measure(patchcore_scorer(pc, out_size), val, test, params, out_size)
             per_category[category] = {
                 names[0]: {**diyt[category], "images_per_s": diyt_speed},
                 names[1]: diyt[category]["reference"]["knn"],
@@ -169,9 +166,10 @@ def main(argv: list[str] | None = None) -> None:
         mean[name]["fit_seconds"] = sum(fits) if fits else None
     mean[names[0]]["fit_seconds"] = diyt_fit  # pre-training and every fine-tuning
     print_table(f"\n{args.dataset}: mean over {len(per_category)} categories; fit s = the whole fit (DiyT: "
-                f"pre-training + fine-tunings; PatchCore: every memory bank, coreset {args.coreset:g} by {args.sampler}'s sampler)", mean)
-    print(json.dumps({"dataset": args.dataset, "coreset": args.coreset, "sampler": args.sampler, "threads": torch.get_num_threads(),
-                      **{name: mean[name] for name in names}}))
+                f"pre-training + fine-tunings; PatchCore: every memory bank, coreset {args.coreset:g} by "
+                f"{args.sampler}'s sampler)", mean)
+    print(json.dumps({"dataset": args.dataset, "coreset": args.coreset, "sampler": args.sampler,
+                      "threads": torch.get_num_threads(), **{name: mean[name] for name in names}}))
 
 
 if __name__ == "__main__":

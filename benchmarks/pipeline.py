@@ -3,8 +3,8 @@ pre-train, fine-tune per category and evaluate, without the per-image figures of
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -16,13 +16,15 @@ from diyt.bundle import load_trained
 from diyt.config import KNOWN_CATEGORIES, Params, load_params
 from diyt.eval.evaluate import evaluate_category
 from diyt.io import write_json
+from diyt.train.checkpoint import fingerprint_digest
 from diyt.train.distributed import pick_device
 from diyt.train.runner import run_phase
 
 
 def with_overrides(raw: dict, items: list[str] | dict[str, object]) -> dict:
-    """`raw` params (nested dicts) with `key=value` overrides applied, values parsed as YAML (as `dvc exp run
-    -S`); a dict maps keys to values already parsed."""
+    """A copy of `raw` params (nested dicts) with `key=value` overrides applied, string values parsed as YAML
+    (as `dvc exp run -S`); a dict maps keys to values."""
+    raw = copy.deepcopy(raw)
     pairs = items.items() if isinstance(items, dict) else [_split(item) for item in items]
     for key, value in pairs:
         *parents, leaf = key.split(".")
@@ -66,8 +68,7 @@ class Trained:
 
 def training_key(params: Params) -> str:
     """What decides the trained weights: every param but the evaluation's."""
-    blob = json.dumps(params.model_dump(mode="json", exclude={"eval"}), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fingerprint_digest(params.model_dump(mode="json", exclude={"eval"}))
 
 
 def train_all(params: Params, dataset_dir: Path, work: Path) -> Trained:

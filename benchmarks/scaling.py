@@ -27,7 +27,7 @@ SMALL = {"train.pretrain.epochs": 1, "train.finetune.epochs": 1, "train.pretrain
 
 def timed(raw: dict, overrides: dict, work: Path, prepared: dict[str, Path]) -> dict:
     """Prepare (once per data section), train and evaluate with `overrides`; seconds of train and evaluate."""
-    params = parse_params(with_overrides(json.loads(json.dumps(raw)), {**SMALL, **overrides}), "scaling point")
+    params = parse_params(with_overrides(raw, {**SMALL, **overrides}), "scaling point")
     data_key = json.dumps(params.data.model_dump(mode="json"), sort_keys=True)
     if data_key not in prepared:
         prepared[data_key] = prepare(params.data, work / f"prepared{len(prepared)}", work / "cache")

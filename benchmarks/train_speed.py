@@ -4,8 +4,8 @@ model FLOP utilisation against a matmul measured in the same run, peak memory, a
 Prints, asserts nothing. Each preset trains `--steps` steps after a short warm-up run, through
 `diyt.train.train` as the stages do (with the feature target, on the frozen backbone's maps computed once
 before the timed steps, and FLOPs counted for the trained model only), on a stand-in dataset of generated
-images at the preset's size (or `--data`, a prepared dataset folder). On CUDA the seed preset runs in bf16 at 224 px and the time to pre-train and fine-tune all
-15 MVTec AD categories is projected from it.
+images at the preset's size (or `--data`, a prepared dataset folder). On CUDA the seed preset runs in bf16 at
+224 px and the time to pre-train and fine-tune all 15 MVTec AD categories is projected from it.
 
 Usage: python benchmarks/train_speed.py [--device auto|cpu|cuda] [--presets tiny small seed] [--steps 10]
        [--batch 32] [--data data/prepared/synthetic] [--params params.yaml]

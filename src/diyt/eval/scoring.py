@@ -3,8 +3,8 @@
 A masked autoencoder copies what it sees, so every patch is scored from a pass in which it was hidden: the
 patches are partitioned into K complementary masks, the image is reconstructed K times (one batched forward),
 and each patch keeps the prediction of the pass that hid it. R such partitions are averaged. K = 1 is the plain
-MAE's single pass, kept for the ablation: one random half of the patches hidden, the other half scoring 0. The per-pixel
-error (L2 over channels, optionally mixed with 1 - SSIM) is upsampled to the mask resolution and smoothed;
+MAE's single pass, kept for the ablation: one random half of the patches hidden, the other half scoring 0. The
+per-pixel error (L2 over channels, optionally mixed with 1 - SSIM) is upsampled to the mask resolution and smoothed;
 the image score is the map's maximum or the mean of its top-k pixels.
 """
 
