@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,15 +37,17 @@ def test_each_ablation_row_adds_one_seed_feature_to_the_plain_mae(benchmarks):
     assert set().union(*added.values()) == set(PLAIN)  # every feature has its row
 
 
+SMALL = ["data.categories=[weave]", "data.synthetic.n_train=32", "data.synthetic.n_test_good=6",
+         "data.synthetic.n_test_defect=6", "data.val_fraction=0.15", "train.pretrain.steps=2", "train.finetune.steps=1",
+         "train.pretrain.batch_size=8", "train.finetune.batch_size=8"]
+SMALL_ARGS = [a for s in SMALL for a in ("--set", s)]
+
+
 def test_ablation_writes_what_the_report_reads(benchmarks, tmp_path, capsys):
     from ablation import main
 
     out = tmp_path / "ablation.json"
-    small = ["data.categories=[weave]", "data.synthetic.n_train=32", "data.synthetic.n_test_good=6",
-             "data.synthetic.n_test_defect=6", "data.val_fraction=0.15", "train.pretrain.steps=2", "train.finetune.steps=1",
-             "train.pretrain.batch_size=8", "train.finetune.batch_size=8"]
-    args = ["--params", str(ROOT / "params.yaml"), "--out", str(out), "--work", str(tmp_path / "work"),
-            *[a for s in small for a in ("--set", s)]]
+    args = ["--params", str(ROOT / "params.yaml"), "--out", str(out), "--work", str(tmp_path / "work"), *SMALL_ARGS]
     main(["--rows", "plain-mae", "plain+complementary", "--seeds", "2", *args])
     single, complementary = read_ablation(out).rows
     assert single.seeds == complementary.seeds == 2 and single.image_auroc_std is not None
@@ -58,6 +61,22 @@ def test_ablation_writes_what_the_report_reads(benchmarks, tmp_path, capsys):
     main(["--rows", "plain+complementary", "--seeds", "1", *args])  # a stopped run resumes from its trainings
     assert "reusing the models trained in" in capsys.readouterr().out
 
+
+
+def test_quality_prints_the_reference_only_when_it_was_scored(benchmarks, tmp_path, capsys):
+    from quality import main
+
+    args = ["--dataset", "synthetic", "--params", str(ROOT / "params.yaml"), "--work", str(tmp_path), *SMALL_ARGS]
+    main([*args, "--set", "eval.scorer=reconstruction"])
+    out = capsys.readouterr().out
+    alone = json.loads(out.splitlines()[-1])
+    assert "weave reconstruction" in out and "kNN reference" not in out and "knn" not in alone
+    main([*args])  # scorer: both, on the models the first run trained
+    out = capsys.readouterr().out
+    both = json.loads(out.splitlines()[-1])
+    assert "reusing the models trained in" in out and "weave kNN reference" in out
+    assert {k: both[k] for k in ("image_auroc", "aupro")} == {k: alone[k] for k in ("image_auroc", "aupro")}
+    assert 0 <= both["knn"]["aupro"] <= 1
 
 def test_timm_peer_has_diyt_plain_sizes_and_trains(benchmarks):
     from model_speed import TimmMAE
