@@ -107,8 +107,7 @@ def main() -> None:
     print(f"scoring: {flops / 1e9:.2f} GFLOP per image (backbone, {bundle.scoring.num_masks} passes, blur); "
           f"matmul 1024^3 float32: {roof / 1e9:.1f} GFLOP/s")
     print(f"{'engine':<13} {'scoring img/s (batch ' + str(len(pixels)) + ')':>26} {'MFU':>6} "
-          f"{'batch-1 latency ms':>19} "
-          f"{'predict img/s (' + str(len(paths)) + ' files)':>26}")
+          f"{'batch-1 latency ms':>19} {'predict img/s (' + str(len(paths)) + ' files)':>26}")
     for row in rows:
         print(f"{row['engine']:<13} {row['throughput']:>26.1f} {flops * row['throughput'] / roof:>6.1%} "
               f"{row['latency_ms']:>19.1f} {row['predict']:>26.1f}")

@@ -62,7 +62,6 @@ def test_ablation_writes_what_the_report_reads(benchmarks, tmp_path, capsys):
     assert "reusing the models trained in" in capsys.readouterr().out
 
 
-
 def test_quality_prints_the_reference_only_when_it_was_scored(benchmarks, tmp_path, capsys):
     from quality import main
 
@@ -77,6 +76,7 @@ def test_quality_prints_the_reference_only_when_it_was_scored(benchmarks, tmp_pa
     assert "reusing the models trained in" in out and "weave kNN reference" in out
     assert {k: both[k] for k in ("image_auroc", "aupro")} == {k: alone[k] for k in ("image_auroc", "aupro")}
     assert 0 <= both["knn"]["aupro"] <= 1
+
 
 def test_timm_peer_has_diyt_plain_sizes_and_trains(benchmarks):
     from model_speed import TimmMAE
