@@ -99,7 +99,8 @@ def test_channel_statistics_are_fitted_at_pretraining_and_kept_by_finetuning(tmp
     pre, fine = load_weights(tmp_path / "pre/model.safetensors"), load_weights(tmp_path / "fine/model.safetensors")
     # the statistics are those of the raw train maps (no flips: a channel's statistics do not see them)
     train = AnomalyDataset(tmp_path / "data/weave", ["train"], 64, "tf")
-    raw = build_model(params.model).source.raw_feature_map(torch.stack([train[i]["image"] for i in range(len(train))]))
+    images = torch.stack([train[i]["image"] for i in range(len(train))])
+    raw = build_model(params.model).source.raw_feature_map(images)
     torch.testing.assert_close(pre["source.channel_mean"].flatten(), raw.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
     std = raw.double().std(dim=(0, 2, 3)).float()
     floored = std.clamp_min(0.01 * float(std.mean()))
@@ -108,7 +109,7 @@ def test_channel_statistics_are_fitted_at_pretraining_and_kept_by_finetuning(tmp
         assert torch.equal(fine[key], pre[key])  # fine-tuning keeps what pre-training fitted
     model = build_model(params.model)
     model.load_state_dict(fine)
-    standardized = model.source.feature_map(torch.stack([train[i]["image"] for i in range(len(train))]))
+    standardized = model.source.feature_map(images)
     torch.testing.assert_close(standardized.mean(dim=(0, 2, 3)), torch.zeros(152), rtol=0, atol=1e-3)
     unit = std > 0.01 * float(std.mean())
     torch.testing.assert_close(standardized.std(dim=(0, 2, 3))[unit], torch.ones(int(unit.sum())), rtol=0, atol=1e-3)
