@@ -11,7 +11,7 @@ from diyt.bundle import load_bundle
 from diyt.config import ConfigError, EvalParams, parse_params
 from diyt.data.dataset import AnomalyDataset, Augment
 from diyt.errors import DiytError
-from diyt.eval.knn import fit_bank, greedy_coreset, knn_errors
+from diyt.eval.knn import cell_features, fit_bank, greedy_coreset, knn_errors
 from diyt.export import export_onnx
 from diyt.model import build_model, param_groups
 from diyt.model.backbone import FeatureSource, backbone_normalization
@@ -159,6 +159,18 @@ def test_both_scorers_in_one_evaluation(tmp_path):
         assert 0.0 <= reference[key] <= 1.0
     assert micro.evaluation.memory_bank is None  # the written maps are the reconstruction's
     assert load_bundle(micro.bundle).memory_bank is None
+
+
+def test_knn_on_the_pixel_target_has_a_cell_per_patch(tmp_path):
+    params = EvalParams(num_masks=2, sigma=1.0, batch_size=8, ssim_weight=0.0, scorer="knn", knn_coreset=1.0)
+    micro = make_bundle(tmp_path, params)  # the pixel target: 32 px, patch 8 -> a 4 x 4 grid of 192-value cells
+    bundle = load_bundle(micro.bundle)
+    assert bundle.memory_bank.shape == (9 * 16, 8 * 8 * 3)  # 9 train images x 16 patches, each patch's pixels
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cells = cell_features(bundle.model, images)
+    assert cells.shape == (2, 192, 4, 4)
+    torch.testing.assert_close(cells[1, :, 2, 3], images[1, :, 16:24, 24:32].permute(1, 2, 0).flatten())
+    assert micro.evaluation.reconstructions.shape[1:] == (32, 32, 3)  # the images themselves, as figures show
 
 
 def test_knn_bundle_predicts_what_the_evaluation_scored_and_is_not_exported(tmp_path):

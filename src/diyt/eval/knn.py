@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 from torch import Tensor
 from tqdm import tqdm
 
@@ -46,8 +47,14 @@ def greedy_coreset(features: Tensor, size: int, seed: int = 0) -> Tensor:
 
 @torch.no_grad()
 def cell_features(model: MaskedAutoencoder, images: Tensor) -> Tensor:
-    """(N, 3, h, w) normalised -> the token source's target map (N, C, rows, cols): what DiyT reconstructs."""
-    return model.unpatchify(model.patchify(images).target.float())
+    """(N, 3, h, w) normalised -> what DiyT reconstructs, one cell per token (N, T, rows, cols): the feature map,
+    or for the pixel target each patch's pixels (a cell per patch, not per pixel)."""
+    return token_grid(model, model.patchify(images).target.float())
+
+
+def token_grid(model: MaskedAutoencoder, target: Tensor) -> Tensor:
+    """Targets (N, L, T) -> (N, T, rows, cols) on the token grid."""
+    return rearrange(target, "n (h w) t -> n t h w", h=model.source.grid_size[0])
 
 
 def fit_bank(features: Tensor, fraction: float, seed: int = 0) -> Tensor:
@@ -72,6 +79,6 @@ def knn_scores(model: MaskedAutoencoder, images: Tensor, bank: Tensor, config: S
     """Score one batch of normalised images (N, 3, h, w) by kNN distance, as `score_batch` does by
     reconstruction: image scores, smoothed maps (N, out_size, out_size) and the feature maps, on the CPU."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        features = cell_features(model, images.to(device))
-    score, maps = reduce_errors(knn_errors(features, bank)[None], config, out_size)
-    return Scores(score.float().cpu(), maps.float().cpu(), features.float().cpu())
+        target = model.patchify(images.to(device)).target.float()
+    score, maps = reduce_errors(knn_errors(token_grid(model, target), bank)[None], config, out_size)
+    return Scores(score.float().cpu(), maps.float().cpu(), model.unpatchify(target).cpu())
