@@ -50,8 +50,27 @@ BatchScorer = Callable[[torch.Tensor], Scores]  # normalised images (N, 3, h, w)
 def score_dataset(score: BatchScorer, dataset: AnomalyDataset, batch_size: int, desc: str) -> Scores:
     """Score every image of `dataset` in batches; results on the CPU in dataset order."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    out = [score(batch["image"]) for batch in tqdm(loader, desc=desc, unit="batch", leave=False)]
+    return score_batches(score, [batch["image"] for batch in loader], desc)
+
+
+def score_batches(score: BatchScorer, batches: list[torch.Tensor], desc: str) -> Scores:
+    """Score a list of input batches; results on the CPU, concatenated in order."""
+    out = [score(batch) for batch in tqdm(batches, desc=desc, unit="batch", leave=False)]
     return Scores(*(torch.cat(ts) for ts in zip(*out)))
+
+
+def scorer_inputs(model: MaskedAutoencoder, dataset: AnomalyDataset, batch_size: int,
+                  device: torch.device) -> list[torch.Tensor]:
+    """The batches every scorer takes for `dataset`: its normalised images, or for a feature source their
+    feature maps, computed once so that the reconstruction and the kNN reference share the backbone's pass
+    (`FeatureSource` takes its own maps in place of images)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    images = [batch["image"] for batch in loader]
+    if model.source.is_pixels:
+        return images
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return [model.source.feature_map(batch.to(device)).float().cpu()
+                for batch in tqdm(images, desc=f"features {dataset.root.name}", unit="batch", leave=False)]
 
 
 def reconstruction_scorer(model: MaskedAutoencoder, config: ScoringConfig, out_size: int,
@@ -120,12 +139,14 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
     if params.scorer != "reconstruction":
         train = AnomalyDataset(category_dir, ["train"], size, normalize)
         knn, bank = knn_scorer(model, train, config, out_size, params.knn_coreset, params.batch_size, device)
+    inputs = {split: scorer_inputs(model, data, params.batch_size, device) for split, data in
+              (("val", val), ("test", test))}
     if params.scorer == "knn":
-        return _evaluate(knn, model, val, test, masks, normalize, params, category_dir, bank)
-    ev = _evaluate(reconstruction_scorer(model, config, out_size, device), model, val, test, masks, normalize,
-                   params, category_dir)
+        return _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank)
+    ev = _evaluate(reconstruction_scorer(model, config, out_size, device), inputs, model, val, test, masks,
+                   normalize, params, category_dir)
     if knn is not None:
-        reference = _evaluate(knn, model, val, test, masks, normalize, params, category_dir, bank).metrics
+        reference = _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank).metrics
         ev.metrics["reference"] = {"knn": {k: v for k, v in reference.items() if k in REFERENCE_KEYS}}
     return ev
 
@@ -133,12 +154,13 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
 REFERENCE_KEYS = ("image_auroc", "image_ap", "f1", "f1_max", "pixel_auroc", "aupro", "per_defect_type_auroc")
 
 
-def _evaluate(score: BatchScorer, model: MaskedAutoencoder, val: AnomalyDataset, test: AnomalyDataset,
-              masks: np.ndarray, normalize: str, params: EvalParams, category_dir: Path,
-              bank: torch.Tensor | None = None) -> Evaluation:
-    """One scorer on the validation normals (thresholds, map statistics) and the test split (metrics)."""
-    val_scores = score_dataset(score, val, params.batch_size, "score val")
-    test_scores = score_dataset(score, test, params.batch_size, "score test")
+def _evaluate(score: BatchScorer, inputs: dict[str, list[torch.Tensor]], model: MaskedAutoencoder,
+              val: AnomalyDataset, test: AnomalyDataset, masks: np.ndarray, normalize: str, params: EvalParams,
+              category_dir: Path, bank: torch.Tensor | None = None) -> Evaluation:
+    """One scorer on the validation normals (thresholds, map statistics) and the test split (metrics);
+    `inputs` holds both splits' batches (`scorer_inputs`)."""
+    val_scores = score_batches(score, inputs["val"], "score val")
+    test_scores = score_batches(score, inputs["test"], "score test")
     stats = None
     if params.normalize_maps == "position":
         stats, val_scores, test_scores = _normalize_by_position(val_scores, test_scores, params, category_dir)

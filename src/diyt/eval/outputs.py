@@ -37,6 +37,9 @@ def write_plots(ev: Evaluation, plots_dir: Path) -> None:
         for r, l, s in zip(ev.rows, ev.labels, ev.scores)])
 
 
+PNG_COMPRESSION = 3  # zlib level: 2.5x faster than PIL's default 6 for 7 % larger figures
+
+
 def write_figures(ev: Evaluation, figures_dir: Path) -> None:
     """One PNG per test image, named <defect_type>_<name>.png; the colour scale is shared across the category."""
     lo, hi = colour_range(ev.maps)
@@ -45,7 +48,7 @@ def write_figures(ev: Evaluation, figures_dir: Path) -> None:
             verdict = "anomalous" if ev.scores[i] >= ev.image_threshold else "normal"
             title = f"{row.path}  score {ev.scores[i]:.4g}  ->  {verdict}"
             panel(ev.images[i], ev.masks[i], ev.maps[i], ev.reconstructions[i], lo, hi, title).save(
-                tmp / f"{row.defect_type}_{Path(row.path).stem}.png")
+                tmp / f"{row.defect_type}_{Path(row.path).stem}.png", compress_level=PNG_COMPRESSION)
 
 
 def write_evaluation(ev: Evaluation, metrics_path: Path, plots_dir: Path, figures_dir: Path) -> None:
