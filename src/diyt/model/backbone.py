@@ -115,6 +115,7 @@ class FeatureSource(TokenSource):
 
     def raw_feature_map(self, imgs: Tensor) -> Tensor:
         """(N, 3, H, W) -> the backbone's maps before standardisation, (N, C, rows, cols)."""
+        imgs = imgs.contiguous(memory_format=torch.channels_last)  # its depthwise convolutions: ~1.7x on a CPU
         with torch.no_grad():
             maps = [self._resize(f.float()) for f in self.backbone(imgs)]
         return torch.cat(maps, dim=1)
