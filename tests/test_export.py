@@ -20,10 +20,10 @@ from diyt.export import PARITY_ATOL, PARITY_RTOL, check_onnx_matches
 from diyt.predict import OnnxScorer, TorchScorer, find_inputs, predict
 from micro_bundle import PREPARED, make_bundle
 
-# every part of the scoring in play: K = 4 passes, R = 2 partitions, SSIM, smoothing, per-position z-scores,
-# top-k image score
-PARAMS = EvalParams(num_masks=4, repeats=2, ssim_weight=0.3, sigma=1.5, image_score="topk", topk_fraction=0.02,
-                    normalize_maps="position", batch_size=8)
+# every part of the scoring in play: K = 4 passes, R = 2 partitions, SSIM, MSGMS, smoothing, per-position
+# z-scores, top-k image score
+PARAMS = EvalParams(num_masks=4, repeats=2, ssim_weight=0.3, gms_weight=0.2, sigma=1.5, image_score="topk",
+                    topk_fraction=0.02, normalize_maps="position", batch_size=8)
 
 
 @pytest.fixture(scope="module")

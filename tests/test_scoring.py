@@ -14,7 +14,8 @@ from diyt.data.synthetic import generate
 from diyt.eval.evaluate import evaluate_category
 from diyt.eval.normalize import normalize_leave_one_out, normalize_maps, position_stats
 from diyt.eval.scoring import (
-    ScoringConfig, error_map, image_scores, partitions, reconstruct, score_images, smooth, ssim_map,
+    GMS_C, ScoringConfig, error_map, gradient_magnitude, image_scores, msgms_map, partitions, reconstruct,
+    score_images, smooth, ssim_map,
 )
 from diyt.model import build_model
 
@@ -106,6 +107,36 @@ def test_error_map_l2_and_ssim():
     assert torch.allclose(ssim_map(x, x), torch.ones(1), atol=1e-4)
     mixed = error_map(x, y, 0.5)
     assert (mixed >= 0).all() and mixed[0, 5, 7] > mixed[0, 20, 20]
+
+
+def test_gradient_magnitude_of_a_ramp():
+    ramp = torch.arange(8.0).mul(0.1).expand(1, 1, 6, 8)  # +0.1 per column
+    g = gradient_magnitude(ramp)[0, 0]
+    # Prewitt: (left - right) / 3 summed over 3 rows = 0.2 inside; a replicated border sees half the step
+    torch.testing.assert_close(g[:, 1:-1], torch.full((6, 6), 0.2))
+    torch.testing.assert_close(g[:, [0, -1]], torch.full((6, 2), 0.1))
+    torch.testing.assert_close(gradient_magnitude(ramp.transpose(-1, -2))[0, 0], g.T)  # rows alike
+
+
+def test_msgms_is_one_for_equal_images_and_falls_where_gradients_differ():
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x[:, 0, 0, :2] = torch.tensor([0.0, 1.0])  # each image spans exactly [0, 1]: error_map's rescaling is a no-op
+    torch.testing.assert_close(msgms_map(x, x), torch.ones_like(x))
+    flat = torch.full((1, 1, 32, 32), 0.5)
+    ramp = torch.arange(32.0).div(320).expand(1, 1, 32, 32)  # +1/320 per column
+    # pooled by f the ramp steps f/320 per column, so its inner gradient is 2f/320 against the flat image's 0:
+    # GMS = c / (g^2 + c) at each scale, the centre pixel inner at all four
+    expected = sum(GMS_C / ((2 * f / 320) ** 2 + GMS_C) for f in (1, 2, 4, 8)) / 4
+    assert float(msgms_map(ramp, flat)[0, 0, 16, 16]) == pytest.approx(expected, rel=1e-4)
+    y = x.clone()
+    y[:, :, 12:20, 12:20] = y[:, :, 12:20, 12:20].mean()  # a flat patch where x has texture
+    error = error_map(x, y, 0.0, 1.0)  # 1 - MSGMS only
+    assert error[:, 14:18, 14:18].mean() > 4 * error[:, :4, :4].mean()
+    torch.testing.assert_close(error, 1 - msgms_map(x, y).mean(dim=1))
+    mixed = error_map(x, y, 0.25, 0.5)
+    l2 = (x - y).square().mean(dim=1)
+    ssim = (1 - ssim_map(x, y).mean(dim=1)) / 2
+    torch.testing.assert_close(mixed, 0.25 * l2 + 0.25 * ssim + 0.5 * error)
 
 
 def test_thresholds_ignore_test_labels(tmp_path, model):

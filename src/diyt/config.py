@@ -183,7 +183,8 @@ class EvalParams(Section):
     knn_coreset: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # of the train normals' feature cells kept in the kNN memory bank
     num_masks: PositiveInt = 2  # K complementary masks partitioning the patches; 1: a plain single pass
     repeats: PositiveInt = 1  # R partitions, averaged
-    ssim_weight: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    ssim_weight: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # of (1 - SSIM) / 2 in the per-pixel error
+    gms_weight: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # of 1 - MSGMS; L2 keeps 1 - ssim - gms
     sigma: Annotated[float, Field(ge=0.0)] = 4.0  # Gaussian smoothing of the anomaly map, in pixels
     image_score: Literal["max", "topk"] = "max"
     topk_fraction: Fraction = 0.01
@@ -194,6 +195,13 @@ class EvalParams(Section):
     threshold_k: Annotated[float, Field(ge=0.0)] = 3.0
     batch_size: PositiveInt = 32
     seed: NonNegInt = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalParams:
+        if self.ssim_weight + self.gms_weight > 1:
+            raise ValueError(f"ssim_weight + gms_weight: {self.ssim_weight} + {self.gms_weight} is over 1 "
+                             "(L2 weighs the rest)")
+        return self
 
 
 # --------------------------------------------------------------------------------------------------- root
@@ -212,8 +220,9 @@ class Params(Section):
             if self.data.normalize != wanted:
                 raise ValueError(f"data.normalize: the {self.model.backbone} backbone was trained on {wanted!r} "
                                  f"inputs; set data.normalize: {wanted}")
-            if self.eval.ssim_weight:
-                raise ValueError("eval.ssim_weight: SSIM compares images and model.target is features; set it to 0")
+            for key, what in (("ssim_weight", "SSIM"), ("gms_weight", "MSGMS")):
+                if getattr(self.eval, key):
+                    raise ValueError(f"eval.{key}: {what} compares images and model.target is features; set it to 0")
         if self.model.arch.image_size > self.data.image_size:
             raise ValueError(f"data.image_size: {self.data.image_size} is smaller than the model's "
                              f"image_size {self.model.arch.image_size}; prepare at least that size")

@@ -110,7 +110,7 @@ class ScoringGraph(nn.Module):
         return torch.stack([
             error_map(target_map, self.model.unpatchify(merge_passes(self.model, tokens, target, self.ids_keep[r],
                                                                      self.ids_restore[r], self.keep[r])),
-                      self.scoring.ssim_weight, self.ssim_blur)
+                      self.scoring.ssim_weight, self.scoring.gms_weight, self.ssim_blur)
             for r in range(self.repeats)])
 
     def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:

@@ -4,12 +4,13 @@ A masked autoencoder copies what it sees, so every patch is scored from a pass i
 patches are partitioned into K complementary masks, the image is reconstructed K times (one batched forward),
 and each patch keeps the prediction of the pass that hid it. R such partitions are averaged. K = 1 is the plain
 MAE's single pass, kept for the ablation: one random half of the patches hidden, the other half scoring 0. The
-per-pixel error (L2 over channels, optionally mixed with 1 - SSIM) is upsampled to the mask resolution and smoothed;
-the image score is the map's maximum or the mean of its top-k pixels.
+per-pixel error (L2 over channels, optionally mixed with 1 - SSIM and 1 - MSGMS for images) is upsampled to the
+mask resolution and smoothed; the image score is the map's maximum or the mean of its top-k pixels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,12 +39,12 @@ class ScoringConfig:
     image_score: Literal["max", "topk"] = "max"
     topk_fraction: float = 0.01
     seed: int = 0
+    gms_weight: float = 0.0
 
     @classmethod
     def from_params(cls, params) -> ScoringConfig:
         """From an `EvalParams` section."""
-        return cls(params.num_masks, params.repeats, params.ssim_weight, params.sigma, params.image_score,
-                   params.topk_fraction, params.seed)
+        return cls(**{field.name: getattr(params, field.name) for field in dataclasses.fields(cls)})
 
 
 def partitions(num_patches: int, config: ScoringConfig) -> Tensor:
@@ -106,17 +107,48 @@ def ssim_map(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5,
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
 
 
-def error_map(images: Tensor, recon: Tensor, ssim_weight: float,
+GMS_C = 0.0026  # the gradient magnitude similarity's stabilising constant, for inputs in [0, 1] (RIAD's)
+GMS_SCALES = (1, 2, 4, 8)  # average-pooling factors
+
+
+def gradient_magnitude(x: Tensor) -> Tensor:
+    """Per-channel gradient magnitude (N, C, h, w) by 3 x 3 Prewitt filters, the border replicated."""
+    prewitt = torch.tensor([[1.0, 0.0, -1.0]] * 3, dtype=x.dtype, device=x.device) / 3
+    weight = torch.stack([prewitt, prewitt.T])[:, None].repeat(x.shape[1], 1, 1, 1)  # (2C, 1, 3, 3)
+    grad = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), weight, groups=x.shape[1])  # (N, 2C, h, w)
+    return grad.unflatten(1, (x.shape[1], 2)).square().sum(dim=2).sqrt()
+
+
+def msgms_map(x: Tensor, y: Tensor) -> Tensor:
+    """Multi-scale gradient magnitude similarity (N, C, h, w) of two images in [0, 1], 1 where their local
+    gradients agree (Zavrtanik et al., "Reconstruction by inpainting for visual anomaly detection", Pattern
+    Recognition 2021): the similarity at full, 1/2, 1/4 and 1/8 resolution, each upsampled back, averaged."""
+    total = torch.zeros_like(x)
+    for factor in GMS_SCALES:
+        a, b = (F.avg_pool2d(x, factor), F.avg_pool2d(y, factor)) if factor > 1 else (x, y)
+        ga, gb = gradient_magnitude(a), gradient_magnitude(b)
+        gms = (2 * ga * gb + GMS_C) / (ga.square() + gb.square() + GMS_C)
+        total = total + F.interpolate(gms, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return total / len(GMS_SCALES)
+
+
+def error_map(images: Tensor, recon: Tensor, ssim_weight: float, gms_weight: float = 0.0,
               ssim_blur: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Per-cell error (N, h, w) of a reconstruction of `images` (pixels or feature maps, (N, C, h, w)): mean
-    squared error over channels, mixed with (1 - SSIM) / 2 by weight (pixels only)."""
+    squared error over channels, mixed by weight with (1 - SSIM) / 2 and 1 - MSGMS (pixels only), both on the
+    images scaled to [0, 1] by the input's range and averaged over channels."""
     l2 = (recon - images).square().mean(dim=1)
-    if ssim_weight == 0:
+    if ssim_weight == 0 and gms_weight == 0:
         return l2
     lo = images.amin(dim=(1, 2, 3), keepdim=True)
     span = (images.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-6)
-    ssim = ssim_map((images - lo) / span, (recon - lo) / span, blur=ssim_blur).mean(dim=1)
-    return (1 - ssim_weight) * l2 + ssim_weight * (1 - ssim) / 2
+    x, y = (images - lo) / span, (recon - lo) / span
+    error = (1 - ssim_weight - gms_weight) * l2
+    if ssim_weight:
+        error = error + ssim_weight * (1 - ssim_map(x, y, blur=ssim_blur).mean(dim=1)) / 2
+    if gms_weight:
+        error = error + gms_weight * (1 - msgms_map(x, y).mean(dim=1))
+    return error
 
 
 def smooth(maps: Tensor, sigma: float) -> Tensor:
@@ -145,7 +177,7 @@ def score_images(model: MaskedAutoencoder, images: Tensor, config: ScoringConfig
     for masks in parts:
         recon, target = reconstruct(model, images, masks)
         recons.append(recon)
-        errors.append(error_map(target, recon, config.ssim_weight))
+        errors.append(error_map(target, recon, config.ssim_weight, config.gms_weight))
     score, maps = reduce_errors(torch.stack(errors), config, out_size)
     return Scores(score, maps, torch.stack(recons).mean(dim=0))
 
