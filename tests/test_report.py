@@ -19,7 +19,9 @@ from diyt.config import EvalParams, ModelParams
 from diyt.errors import DiytError
 from diyt.report.ablation import read_ablation
 from diyt.report.architecture import COLOURS, architecture_figure, architecture_spec
+from diyt.report.document import Table
 from diyt.report.examples import pick_examples
+from diyt.report.markdown import table_markdown
 from diyt.report.results import load_category
 from diyt.report.timings import read_timings, record_stage_time, stage_timer
 from diyt.report.writer import ReportPaths, make_report
@@ -220,3 +222,8 @@ def test_stage_timings_are_written_by_rank_zero_only(tmp_path, monkeypatch):
         pass
     assert [(t["stage"], t["seconds"]) for t in read_timings(tmp_path)] == [("prepare", 1.25)]
     assert read_timings(tmp_path / "absent") == []
+
+
+def test_bold_rows_leave_empty_cells_empty():
+    table = Table(["stage", "seconds", "host"], [["pretrain", "110", "cpu"], ["total", "110", ""]], bold_rows=(1,))
+    assert table_markdown(table).splitlines()[-1] == "| **total** | **110** |  |"

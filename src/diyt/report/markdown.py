@@ -14,7 +14,7 @@ def table_markdown(table: Table) -> str:
     for i, row in enumerate(table.rows):
         cells = [c.replace("|", "\\|") for c in row]
         if i in table.bold_rows:
-            cells = [f"**{c}**" for c in cells]
+            cells = [f"**{c}**" if c else c for c in cells]  # "****" would render as a rule
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
