@@ -47,10 +47,14 @@ class Evaluation:
 BatchScorer = Callable[[torch.Tensor], Scores]  # normalised images (N, 3, h, w) -> Scores on the CPU
 
 
+def image_batches(dataset: AnomalyDataset, batch_size: int) -> list[torch.Tensor]:
+    """The normalised images of `dataset` in order, in batches (N, 3, h, w)."""
+    return [batch["image"] for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
+
+
 def score_dataset(score: BatchScorer, dataset: AnomalyDataset, batch_size: int, desc: str) -> Scores:
     """Score every image of `dataset` in batches; results on the CPU in dataset order."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    return score_batches(score, [batch["image"] for batch in loader], desc)
+    return score_batches(score, image_batches(dataset, batch_size), desc)
 
 
 def score_batches(score: BatchScorer, batches: list[torch.Tensor], desc: str) -> Scores:
@@ -64,8 +68,7 @@ def scorer_inputs(model: MaskedAutoencoder, dataset: AnomalyDataset, batch_size:
     """The batches every scorer takes for `dataset`: its normalised images, or for a feature source their
     feature maps, computed once so that the reconstruction and the kNN reference share the backbone's pass
     (`FeatureSource` takes its own maps in place of images)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    images = [batch["image"] for batch in loader]
+    images = image_batches(dataset, batch_size)
     if model.source.is_pixels:
         return images
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

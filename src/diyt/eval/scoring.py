@@ -10,10 +10,9 @@ mask resolution and smoothed; the image score is the map's maximum or the mean o
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal, NamedTuple
 
 import torch
@@ -44,7 +43,7 @@ class ScoringConfig:
     @classmethod
     def from_params(cls, params) -> ScoringConfig:
         """From an `EvalParams` section."""
-        return cls(**{field.name: getattr(params, field.name) for field in dataclasses.fields(cls)})
+        return cls(**{field.name: getattr(params, field.name) for field in fields(cls)})
 
 
 def partitions(num_patches: int, config: ScoringConfig) -> Tensor:
