@@ -26,7 +26,8 @@ from diyt.data.sample import Sample
 from diyt.errors import DiytError
 from diyt.model import build_model
 from diyt.train import Batches, Checkpointing, lr_at, peak_lr, run_phase, train, train_images
-from diyt.train.distributed import Runtime
+from diyt.model.blocks import attention
+from diyt.train.distributed import Runtime, cpu_has_bf16_matmul, start
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ["weave", "nut"]  # weave rotates (data.augment.rot90_categories), nut only flips
@@ -35,7 +36,7 @@ RAW = {
     "data": {"categories": CATEGORIES, "image_size": 32},
     "model": {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
               "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2, "aggregate_layers": [1, 2]},
-    "train": {"checkpoint_every": 2, "seed": 3,
+    "train": {"checkpoint_every": 2, "seed": 3, "amp": False,  # float32: the equivalences below are exact there
               "pretrain": {"steps": STEPS, "batch_size": 4, "warmup_steps": 3, "base_lr": 0.05},
               "finetune": {"steps": 4, "batch_size": 4, "warmup_steps": 1}},
 }
@@ -214,6 +215,27 @@ def test_two_runs_are_bit_identical_and_logged(dataset_dir, reference, tmp_path,
     lr = (tmp_path / "live" / "plots" / "metrics" / "lr.tsv").read_text().splitlines()
     assert loss[0] == "step\tloss" and [int(r.split("\t")[0]) for r in loss[1:]] == list(range(STEPS))
     assert float(lr[1].split("\t")[1]) == 0.0 and float(lr[4].split("\t")[1]) == pytest.approx(peak_lr(0.05, 4))
+
+
+@pytest.mark.skipif(not cpu_has_bf16_matmul(), reason="bf16 autocast runs on CPUs with AMX only")
+def test_bf16_autocast_on_a_cpu_is_deterministic_and_close_to_float32(dataset_dir, reference, tmp_path):
+    params = _params(amp=True)
+    assert start("cpu", amp=True, compile=False, num_workers=0).amp
+    _pretrain(params, dataset_dir, tmp_path / "a")
+    _pretrain(params, dataset_dir, tmp_path / "b")
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    _assert_same(a, b)  # bf16 on a CPU is as deterministic as float32
+    gaps = [float((a[k] - reference[k]).abs().max()) for k in a if not k.startswith("source.")]
+    assert 0 < max(gaps) < 0.05  # bf16 rounding (~5e-3 here), not a different run
+
+
+def test_attention_stays_float32_under_cpu_autocast():
+    q, k, v = torch.randn(3, 2, 4, 9, 8).unbind(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q, k, v)
+        linear = torch.nn.Linear(8, 8)(q)
+    assert out.dtype == torch.float32 and linear.dtype == torch.bfloat16
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
 
 
 class Crash(Exception):

@@ -168,7 +168,7 @@ class PhaseParams(Section):
 class TrainParams(Section):
     nproc: PositiveInt = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with AMX (elsewhere a CPU trains in float32)
     compile: bool = False
     num_workers: NonNegInt = 0
     checkpoint_every: PositiveInt = 100  # steps

@@ -25,7 +25,7 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world_size: int = 1
-    amp: bool = False  # bf16 autocast (CUDA only)
+    amp: bool = False  # bf16 autocast (CUDA, or a CPU with bf16 matrix units)
     compile: bool = False
     num_workers: int = 0
 
@@ -60,6 +60,12 @@ def pick_device(kind: Literal["auto", "cpu", "cuda"], local_rank: int = 0) -> to
     return torch.device("cuda", local_rank)
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX), where bf16 autocast pays off; elsewhere
+    bf16 on a CPU is emulated and slower than float32."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def start(device: Literal["auto", "cpu", "cuda"], *, amp: bool, compile: bool, num_workers: int) -> Runtime:
     """The runtime of this process, joining the process group when torchrun started it."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in
@@ -75,7 +81,8 @@ def start(device: Literal["auto", "cpu", "cuda"], *, amp: bool, compile: bool, n
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if where.type == "cuda" else "gloo", device_id=where
                                 if where.type == "cuda" else None)
-    return Runtime(where, rank, world, amp and where.type == "cuda", compile, num_workers)
+    return Runtime(where, rank, world, amp and (where.type == "cuda" or cpu_has_bf16_matmul()), compile,
+                   num_workers)
 
 
 def stop(runtime: Runtime) -> None:
