@@ -16,6 +16,7 @@ from diyt.bundle import load_trained
 from diyt.config import KNOWN_CATEGORIES, Params, load_params
 from diyt.eval.evaluate import evaluate_category
 from diyt.io import write_json
+from diyt.model.map_cache import MapCache
 from diyt.train.checkpoint import fingerprint_digest
 from diyt.train.distributed import pick_device
 from diyt.train.runner import run_phase
@@ -73,13 +74,15 @@ def training_key(params: Params) -> str:
 
 def train_all(params: Params, dataset_dir: Path, work: Path) -> Trained:
     """Pre-train on every category, fine-tune each: `work/models/{pretrain,<category>}`, and `work/trained.json`
-    with the times. A `work` that already holds this training (same data, model and train params) is reused."""
+    with the times (a frozen backbone's train maps are computed once, into `work/features`). A `work` that
+    already holds this training (same data, model and train params) is reused."""
     record = work / "trained.json"
     if record.exists() and (done := json.loads(record.read_text()))["key"] == training_key(params):
         print(f"reusing the models trained in {work} ({done['train_seconds'] / 60:.1f} min)", flush=True)
         return Trained(done["train_seconds"], done["pretrain_images_per_s"])
     common = dict(model_params=params.model, data=params.data, train_params=params.train,
-                  params_digest=params.digest(), dataset_dir=dataset_dir, log_dir=None)
+                  params_digest=params.digest(), dataset_dir=dataset_dir, log_dir=None,
+                  feature_cache=work / "features")
     began = time.perf_counter()
     pre = run_phase("pretrain", categories=params.data.categories, out_dir=work / "models/pretrain",
                     checkpoint_dir=work / "checkpoints/pretrain", **common)
@@ -98,7 +101,7 @@ def evaluate_all(params: Params, dataset_dir: Path, work: Path) -> dict[str, dic
     for category in params.data.categories:
         trained = load_trained(work / f"models/{category}", device)
         results[category] = evaluate_category(trained.model, dataset_dir / category, trained.normalize,
-                                              params.eval, device).metrics
+                                              params.eval, device, map_cache=MapCache(work / "features")).metrics
     return results
 
 

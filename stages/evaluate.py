@@ -10,6 +10,7 @@ from diyt.config import load_params
 from diyt.errors import user_errors
 from diyt.eval.evaluate import evaluate_category
 from diyt.eval.outputs import write_evaluation
+from diyt.model.map_cache import MapCache
 from diyt.report.timings import stage_timer
 from diyt.train.distributed import pick_device
 
@@ -25,13 +26,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figures", type=Path, required=True, help="reports/<dataset>/<category>/figures")
     parser.add_argument("--bundle", type=Path, required=True,
                         help="bundles/<dataset>/<category>: the model bundle for `diyt predict|export`")
+    parser.add_argument("--feature-cache", type=Path, default=None,
+                        help="the training stages' folder of backbone train maps, for the kNN memory bank")
     parser.add_argument("--timing", type=Path, default=None, help="reports/timings/<stage>.json: wall time")
     args = parser.parse_args(argv)
     with stage_timer(args.timing, f"evaluate@{args.data.name}"):
         params = load_params(args.params)
         device = pick_device(params.train.device)
         trained = load_trained(args.model, device)
-        ev = evaluate_category(trained.model, args.data, trained.normalize, params.eval, device)
+        ev = evaluate_category(trained.model, args.data, trained.normalize, params.eval, device,
+                               map_cache=MapCache(args.feature_cache))
         write_evaluation(ev, args.metrics, args.plots, args.figures)
         write_bundle(args.bundle, args.model, ev, params.eval, args.data)
         m = ev.metrics

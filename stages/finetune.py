@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="models/<dataset>/<category>")
     parser.add_argument("--checkpoint", type=Path, required=True, help="a persisted folder for the checkpoint")
     parser.add_argument("--log", type=Path, default=None, help="dvclive folder: loss and lr per step")
+    parser.add_argument("--feature-cache", type=Path, default=None,
+                        help="a folder for the frozen backbone's train maps, shared by the stages (.cache/features)")
     parser.add_argument("--timing", type=Path, default=None, help="reports/timings/<stage>.json: wall time")
     args = parser.parse_args(argv)
     with stage_timer(args.timing, f"finetune@{args.category}"):
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
             relaunch_under_torchrun(params.train.nproc)
         result = run_phase("finetune", model_params=params.model, data=params.data, train_params=params.train,
                            params_digest=params.digest(), dataset_dir=args.data, categories=[args.category],
-                           out_dir=args.out, checkpoint_dir=args.checkpoint, log_dir=args.log, init_dir=args.init)
+                           out_dir=args.out, checkpoint_dir=args.checkpoint, log_dir=args.log, init_dir=args.init,
+                           feature_cache=args.feature_cache)
         if result is not None:
             print(f"fine-tuned {args.category} {result.total_steps} steps (last loss {result.last_loss:.4f}, "
                   f"{result.images_per_s:.1f} img/s) -> {args.out}")

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="models/pretrain")
     parser.add_argument("--checkpoint", type=Path, required=True, help="a persisted folder for the checkpoint")
     parser.add_argument("--log", type=Path, default=None, help="dvclive folder: loss and lr per step")
+    parser.add_argument("--feature-cache", type=Path, default=None,
+                        help="a folder for the frozen backbone's train maps, shared by the stages (.cache/features)")
     parser.add_argument("--timing", type=Path, default=None, help="reports/timings/<stage>.json: wall time")
     args = parser.parse_args(argv)
     with stage_timer(args.timing, "pretrain"):
@@ -27,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
             relaunch_under_torchrun(params.train.nproc)
         result = run_phase("pretrain", model_params=params.model, data=params.data, train_params=params.train,
                            params_digest=params.digest(), dataset_dir=args.data, categories=params.data.categories,
-                           out_dir=args.out, checkpoint_dir=args.checkpoint, log_dir=args.log)
+                           out_dir=args.out, checkpoint_dir=args.checkpoint, log_dir=args.log,
+                           feature_cache=args.feature_cache)
         if result is not None:
             print(f"pretrained {result.total_steps} steps (last loss {result.last_loss:.4f}, "
                   f"{result.images_per_s:.1f} img/s) -> {args.out}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import timm
 import torch
+from safetensors.torch import load_file
 from micro_bundle import MICRO_FEATURES, make_bundle
 
 from diyt.bundle import load_bundle
@@ -15,6 +17,7 @@ from diyt.eval.knn import cell_features, fit_bank, greedy_coreset, knn_errors
 from diyt.export import export_onnx
 from diyt.model import build_model, param_groups
 from diyt.model.backbone import FeatureSource, backbone_normalization
+from diyt.model.map_cache import MapCache, compute_raw_maps, map_digest
 from diyt.predict import TorchScorer
 from diyt.train.data import TrainFeatures, TrainImages
 
@@ -35,7 +38,9 @@ def test_offline_backbone_is_the_packaged_imagenet_network(model):
     assert isinstance(source, FeatureSource) and source.target_dim == 40 + 112 and source.grid_size == (4, 4)
     stem = source.backbone.state_dict()["conv_stem.weight"]
     assert torch.equal(stem, theirs["_conv_stem.weight"])  # renamed by position, the values untouched
-    assert backbone_normalization("tf_efficientnet_lite0") == "tf"
+    assert backbone_normalization("tf_efficientnet_lite0") == "tf"  # the offline table, checked against timm's:
+    assert tuple(timm.get_pretrained_cfg("tf_efficientnet_lite0").mean) == (0.5, 0.5, 0.5)
+    assert backbone_normalization("resnet18") == "imagenet"  # any other name asks timm
 
 
 def test_backbone_stays_frozen_and_in_eval_mode(model):
@@ -68,15 +73,51 @@ def test_cached_train_features_are_the_backbone_maps_augmented_alike(tmp_path, m
                    tmp_path / "weave", 64, 0.2, 0)
     augment = Augment(hflip=True, rot90=True)
     images = TrainImages([AnomalyDataset(tmp_path / "weave", ["train"], 64, "tf", augment)], seed=3)
-    cached = TrainFeatures(images, model.source, torch.device("cpu"), batch_size=2)
+    cached = TrainFeatures(images, model.source, torch.device("cpu"))
     plain = AnomalyDataset(tmp_path / "weave", ["train"], 64, "tf")
     for epoch in range(3):
         fmap, index = cached[(epoch, 1)]
         expected = model.source.feature_map(plain[1]["image"][None])[0]
         torch.manual_seed(int(np.random.SeedSequence((3, epoch, 1)).generate_state(1)[0]))
-        # the same seeded draw as the image would get (to float noise: the cache scores in batches of 2)
+        # the same seeded draw as the image would get (to float noise: the cache runs the backbone on a batch)
         torch.testing.assert_close(fmap, augment(expected), rtol=1e-4, atol=1e-4)
         assert index == 1
+
+
+def test_map_cache_stores_the_backbone_maps_once_and_keys_them_by_their_inputs(tmp_path, model):
+    from diyt.data.layout import write_category
+    from diyt.data.synthetic import generate
+    from diyt.eval.evaluate import knn_scorer
+    from diyt.eval.scoring import ScoringConfig
+
+    write_category(generate("weave", n_train=6, n_test_good=1, n_test_defect=1, image_size=64, seed=0),
+                   tmp_path / "weave", 64, 0.2, 0)
+    train = AnomalyDataset(tmp_path / "weave", ["train"], 64, "tf")
+    cpu = torch.device("cpu")
+    cache = MapCache(tmp_path / "cache")
+    computed = compute_raw_maps(model.source, train, cpu)
+    assert torch.equal(computed, model.source.raw_feature_map(torch.stack([train[i]["image"] for i in range(5)])))
+    assert torch.equal(cache.raw_maps(model.source, train, cpu), computed)
+    (stored,) = (tmp_path / "cache").glob("*.safetensors")
+    assert stored.name == f"{map_digest(model.source, train, cpu)}.safetensors"
+    assert torch.equal(load_file(stored)["maps"], computed)
+    assert torch.equal(cache.raw_maps(model.source, train, cpu), computed)  # read back
+    stored.write_bytes(stored.read_bytes()[:100])  # a damaged file is recomputed and replaced
+    assert torch.equal(cache.raw_maps(model.source, train, cpu), computed)
+    assert torch.equal(load_file(stored)["maps"], computed)
+    # another normalisation or one changed pixel is another file, never the stale one
+    other = AnomalyDataset(tmp_path / "weave", ["train"], 64, "imagenet")
+    changed = AnomalyDataset(tmp_path / "weave", ["train"], 64, "tf")
+    changed.images[0, 0, 0, 0] ^= 1
+    assert len({map_digest(model.source, d, cpu) for d in (train, other, changed)}) == 3
+    # the training stages and the kNN bank read the same standardised maps, with or without the cache
+    images = TrainImages([train], seed=0)
+    cached, plain = (TrainFeatures(images, model.source, cpu, c).maps for c in (cache, None))
+    assert torch.equal(cached, plain)
+    config = ScoringConfig(num_masks=2, sigma=1.0)
+    _, with_cache = knn_scorer(model, train, config, 64, 0.5, 32, cpu, cache)
+    _, without = knn_scorer(model, train, config, 64, 0.5, 32, cpu)
+    assert torch.equal(with_cache, without)
 
 
 def test_channel_statistics_are_fitted_at_pretraining_and_kept_by_finetuning(tmp_path):

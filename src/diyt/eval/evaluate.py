@@ -23,6 +23,8 @@ from diyt.eval.normalize import PositionStats, normalize_leave_one_out, normaliz
 from diyt.eval.scoring import Scores, ScoringConfig, image_scores, partitions, score_images
 from diyt.eval.thresholds import image_threshold, pixel_threshold
 from diyt.model import MaskedAutoencoder
+from diyt.model.backbone import FeatureSource
+from diyt.model.map_cache import MapCache
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,17 @@ def reconstruction_scorer(model: MaskedAutoencoder, config: ScoringConfig, out_s
 
 
 def knn_scorer(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringConfig, out_size: int,
-               coreset: float, batch_size: int, device: torch.device) -> tuple[BatchScorer, torch.Tensor]:
-    """The kNN reference: a memory bank of the train normals' feature cells, and the scorer that uses it."""
-    loader = DataLoader(train, batch_size=batch_size, shuffle=False)
-    with torch.no_grad():
-        features = torch.cat([cell_features(model, batch["image"].to(device)).float().cpu()
-                              for batch in tqdm(loader, desc="kNN memory bank", unit="batch", leave=False)])
+               coreset: float, batch_size: int, device: torch.device,
+               map_cache: MapCache | None = None) -> tuple[BatchScorer, torch.Tensor]:
+    """The kNN reference: a memory bank of the train normals' feature cells, and the scorer that uses it. A
+    backbone's train maps come from `map_cache` when the training stages left them there."""
+    if isinstance(model.source, FeatureSource):  # its cells are the standardised maps
+        features = model.source.standardized((map_cache or MapCache()).raw_maps(model.source, train, device))
+    else:
+        loader = DataLoader(train, batch_size=batch_size, shuffle=False)
+        with torch.no_grad():
+            features = torch.cat([cell_features(model, batch["image"].to(device)).float().cpu()
+                                  for batch in tqdm(loader, desc="kNN memory bank", unit="batch", leave=False)])
     bank = fit_bank(features, coreset, config.seed).to(device)
     return partial(knn_scores, model, bank=bank, config=config, out_size=out_size, device=device), bank
 
@@ -124,7 +131,8 @@ def _feature_rgb(maps: torch.Tensor) -> np.ndarray:
 
 
 def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: str, params: EvalParams,
-                      device: torch.device, out_size: int | None = None) -> Evaluation:
+                      device: torch.device, out_size: int | None = None,
+                      map_cache: MapCache | None = None) -> Evaluation:
     """Thresholds from the validation normals only; metrics on the test split at the prepared resolution.
 
     `params.scorer` picks the scorer whose maps are written; with `both`, the kNN reference's metrics are added
@@ -141,7 +149,8 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
     bank = knn = None
     if params.scorer != "reconstruction":
         train = AnomalyDataset(category_dir, ["train"], size, normalize)
-        knn, bank = knn_scorer(model, train, config, out_size, params.knn_coreset, params.batch_size, device)
+        knn, bank = knn_scorer(model, train, config, out_size, params.knn_coreset, params.batch_size, device,
+                               map_cache)
     inputs = {split: scorer_inputs(model, data, params.batch_size, device) for split, data in
               (("val", val), ("test", test))}
     if params.scorer == "knn":

