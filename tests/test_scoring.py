@@ -14,7 +14,7 @@ from diyt.data.synthetic import generate
 from diyt.eval.evaluate import evaluate_category
 from diyt.eval.normalize import normalize_leave_one_out, normalize_maps, position_stats
 from diyt.eval.scoring import (
-    GMS_C, ScoringConfig, error_map, gradient_magnitude, image_scores, msgms_map, partitions, reconstruct,
+    GMS_C, ScoringConfig, SeparableBlur, error_map, gradient_magnitude, image_scores, msgms_map, partitions, reconstruct,
     score_images, smooth, ssim_map,
 )
 from diyt.model import build_model
@@ -96,6 +96,17 @@ def test_smoothing_spreads_but_keeps_mass():
     # exp(-d^2 / (2 sigma^2)) at d = 2, sigma = 2
     assert blurred[0, 20, 22] == pytest.approx(float(np.exp(-0.5) * blurred[0, 20, 20]), rel=1e-3)
     assert torch.equal(smooth(maps, 0.0), maps)
+
+
+def test_separable_blur_equals_torchvision_gaussian_blur_borders_included():
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    maps = torch.rand(3, 2, 40, 37, generator=torch.Generator().manual_seed(0))
+    for size, sigma in ((11, 1.5), (33, 4.0), (9, 0.7)):
+        expected = gaussian_blur(maps, [size, size], [sigma, sigma])
+        torch.testing.assert_close(SeparableBlur(size, sigma)(maps), expected, rtol=0, atol=4e-6)  # float rounding
+    torch.testing.assert_close(smooth(maps[0], 4.0), gaussian_blur(maps[0][:, None], [33, 33], [4.0, 4.0])[:, 0],
+                               rtol=0, atol=4e-6)
 
 
 def test_error_map_l2_and_ssim():

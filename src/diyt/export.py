@@ -10,12 +10,10 @@ z-scores (when the bundle has them) -> image score.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diyt.bundle import Bundle
@@ -23,7 +21,8 @@ from diyt.data.dataset import NORMALIZATION
 from diyt.errors import DiytError
 from diyt.eval.normalize import PositionStats
 from diyt.eval.scoring import (
-    ScoringConfig, error_map, image_scores, merge_passes, partitions, pass_indices, reduce_errors,
+    SSIM_SIGMA, SSIM_WINDOW, ScoringConfig, SeparableBlur, error_map, image_scores, merge_passes, partitions,
+    pass_indices, reduce_errors,
 )
 from diyt.io import atomic_path
 from diyt.model import MaskedAutoencoder
@@ -35,34 +34,6 @@ INPUT, SCORE, MAP = "image", "score", "anomaly_map"
 # z-scored maps cross zero where no relative tolerance holds (SSIM's variance terms amplify the last-bit
 # differences of two blur implementations most there)
 PARITY_RTOL, PARITY_ATOL = 1e-4, 1e-5
-SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # `diyt.eval.scoring.ssim_map`'s window (the parity test holds them equal)
-
-
-class SeparableBlur(nn.Module):
-    """torchvision's `gaussian_blur` (reflect padding, normalised kernel) as two 1-D convolutions with a constant
-    kernel: 2k instead of k^2 taps per pixel, and Conv1d over (rows, 1, W), which onnxruntime runs far faster
-    than a one- or three-channel Conv2d (together a quarter of the graph's time)."""
-
-    def __init__(self, size: int, sigma: float) -> None:
-        super().__init__()
-        x = torch.linspace(-(size // 2), size // 2, size)
-        pdf = torch.exp(-0.5 * (x / sigma) ** 2) if sigma > 0 else torch.ones(size)
-        self.register_buffer("kernel", (pdf / pdf.sum()).view(1, 1, size), persistent=False)
-
-    @classmethod
-    def smoothing(cls, sigma: float) -> nn.Module:
-        """`diyt.eval.scoring.smooth`: truncated at 4 sigma; sigma 0 is no smoothing."""
-        return cls(2 * math.ceil(4 * sigma) + 1, sigma) if sigma > 0 else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:  # (..., H, W) -> (..., H, W)
-        pad = self.kernel.shape[-1] // 2
-        *lead, h, w = x.shape
-        x = F.pad(x.reshape(-1, 1, h, w), [pad] * 4, mode="reflect")[:, 0]  # (B, H + 2p, W + 2p)
-        x = F.conv1d(x.reshape(-1, 1, w + 2 * pad), self.kernel).view(-1, h + 2 * pad, w)  # along rows
-        x = F.conv1d(x.transpose(1, 2).reshape(-1, 1, h + 2 * pad), self.kernel)  # along columns
-        return x.view(-1, w, h).transpose(1, 2).reshape(*lead, h, w)
-
-
 class PositionNorm(nn.Module):
     """`diyt.eval.normalize.normalize_maps`: (N, H, W) maps as z-scores against the validation normals' (H, W)."""
 
