@@ -4,8 +4,9 @@ model FLOP utilisation against a matmul measured in the same run, peak memory, a
 Prints, asserts nothing. Each preset trains `--steps` steps after a short warm-up run, through
 `diyt.train.train` as the stages do (with the feature target, on the frozen backbone's maps computed once
 before the timed steps, and FLOPs counted for the trained model only), on a stand-in dataset of generated
-images at the preset's size (or `--data`, a prepared dataset folder). On CUDA the seed preset runs in bf16 at
-224 px and the time to pre-train and fine-tune all 15 MVTec AD categories is projected from it.
+images at the preset's size (or `--data`, a prepared dataset folder), in bf16 autocast where `train.amp` and
+the hardware allow it (CUDA, or a CPU with AMX; the utilisation is then against a bf16 matmul). On CUDA the seed
+preset runs at 224 px and the time to pre-train and fine-tune all 15 MVTec AD categories is projected from it.
 
 Usage: python benchmarks/train_speed.py [--device auto|cpu|cuda] [--presets tiny small seed] [--steps 10]
        [--batch 32] [--data data/prepared/synthetic] [--params params.yaml]
@@ -29,7 +30,7 @@ from diyt.data.sample import Sample
 from diyt.model import ArchConfig, build_model, forward_flops
 from diyt.train import Checkpointing, train, train_images
 from diyt.train.data import TrainFeatures
-from diyt.train.distributed import start
+from diyt.train.distributed import cpu_has_bf16_matmul, start
 from roofline import matmul_flops
 
 MVTEC_AD_TRAIN_IMAGES = 3629  # train/good images of the 15 categories together
@@ -63,9 +64,9 @@ def peak_memory(device: torch.device) -> str:
 
 
 def measure(model_params: ModelParams, data: DataParams, dataset_dir: Path, categories: list[str], batch: int,
-            steps: int, device_kind: str, work: Path) -> tuple[float, float, torch.device]:
+            steps: int, device_kind: str, amp: bool, work: Path) -> tuple[float, float, torch.device]:
     """(images/s of `steps` training steps, forward FLOPs per image, device) after a 2-step warm-up run."""
-    runtime = start(device_kind, amp=True, compile=False, num_workers=0)
+    runtime = start(device_kind, amp=amp, compile=False, num_workers=0)
     dataset = train_images(dataset_dir, categories, data, model_params.arch.image_size, seed=0)
     model = build_model(model_params).to(runtime.device)
     size = model_params.arch.image_size
@@ -98,7 +99,8 @@ def main() -> None:
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
     presets = args.presets or (["tiny", "seed"] if cuda else ["tiny"])
-    dtype = torch.bfloat16 if cuda else torch.float32
+    amp = params.train.amp and (cuda or cpu_has_bf16_matmul())  # as the stages: bf16 where the hardware has it
+    dtype = torch.bfloat16 if amp else torch.float32
     roof = matmul_flops(device, dtype, 8192 if cuda else 1024)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'cpu'}, "
           f"{torch.get_num_threads()} threads; matmul {str(dtype).removeprefix('torch.')}: {roof / 1e9:.1f} GFLOP/s")
@@ -116,7 +118,7 @@ def main() -> None:
                 dataset_dir = stand_in(Path(tmp) / preset, size, batch * 2 + 2)
                 categories = ["standin"]
             img_s, flops, where = measure(model_params, params.data, dataset_dir, categories, batch, args.steps,
-                                          args.device, Path(tmp))
+                                          args.device, params.train.amp, Path(tmp))
             achieved = 3 * flops * img_s  # backward ≈ 2x forward
             speeds[preset] = img_s
             print(f"{preset:<7} {size:>4} {batch:>5} {flops / 1e9:>13.3f} {img_s:>8.1f} {achieved / 1e9:>13.1f} "
