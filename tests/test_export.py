@@ -16,7 +16,7 @@ from diyt.bundle import load_bundle
 from diyt.cli import main as cli_main
 from diyt.config import EvalParams
 from diyt.errors import DiytError
-from diyt.export import PARITY_ATOL, PARITY_RTOL, check_onnx_matches
+from diyt.export import PARITY_ATOL, PARITY_RTOL, check_onnx_matches, export_onnx
 from diyt.predict import OnnxScorer, TorchScorer, find_inputs, predict
 from micro_bundle import PREPARED, make_bundle
 
@@ -100,6 +100,21 @@ def test_an_onnx_file_of_other_weights_is_refused(exported, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
     with pytest.raises(DiytError, match=r"junk\.onnx: not a readable ONNX file"):
         check_onnx_matches(tmp_path / "junk.onnx", bundle)
+
+
+def test_a_perceptual_bundle_predicts_what_the_evaluation_scored_and_is_not_exported(tmp_path):
+    params = EvalParams(num_masks=2, sigma=1.0, batch_size=8, ssim_weight=0.3, perceptual_weight=0.01,
+                        normalize_maps="position")
+    micro = make_bundle(tmp_path, params)
+    bundle = load_bundle(micro.bundle)
+    assert bundle.scoring.perceptual_weight == 0.01
+    ev = micro.evaluation
+    score, maps = TorchScorer(bundle, torch.device("cpu"))(np.ascontiguousarray(ev.images))
+    np.testing.assert_array_equal(score, ev.scores)
+    np.testing.assert_array_equal(maps, ev.maps)
+    with pytest.raises(DiytError, match=r"perceptual error \(eval.perceptual_weight 0.01\), which the ONNX graph"):
+        export_onnx(bundle, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_export_usage_errors_exit_2(exported, tmp_path, capsys):

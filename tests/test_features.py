@@ -161,6 +161,8 @@ def test_feature_target_params_are_checked():
         parse_params({**FEATURES, "data": {"image_size": 64, "normalize": "imagenet"}})
     with pytest.raises(ConfigError, match="eval.ssim_weight: SSIM compares images"):
         parse_params({**FEATURES, "eval": {"ssim_weight": 0.5}})
+    with pytest.raises(ConfigError, match="eval.perceptual_weight: the perceptual error compares images"):
+        parse_params({**FEATURES, "eval": {"perceptual_weight": 0.01}})
     with pytest.raises(ConfigError, match="model.backbone: 'no_such_net' is not a timm model name"):
         parse_params({**FEATURES, "model": {**MICRO_FEATURES, "backbone": "no_such_net"}})
 

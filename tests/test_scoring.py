@@ -14,8 +14,8 @@ from diyt.data.synthetic import generate
 from diyt.eval.evaluate import evaluate_category
 from diyt.eval.normalize import normalize_leave_one_out, normalize_maps, position_stats
 from diyt.eval.scoring import (
-    GMS_C, ScoringConfig, SeparableBlur, error_map, gradient_magnitude, image_scores, msgms_map, partitions, reconstruct,
-    score_images, smooth, ssim_map,
+    GMS_C, ScoringConfig, SeparableBlur, error_map, gradient_magnitude, image_scores, msgms_map, partitions,
+    perceptual_error, reconstruct, score_images, smooth, ssim_map,
 )
 from diyt.model import build_model
 
@@ -107,6 +107,30 @@ def test_separable_blur_equals_torchvision_gaussian_blur_borders_included():
         torch.testing.assert_close(SeparableBlur(size, sigma)(maps), expected, rtol=0, atol=4e-6)  # float rounding
     torch.testing.assert_close(smooth(maps[0], 4.0), gaussian_blur(maps[0][:, None], [33, 33], [4.0, 4.0])[:, 0],
                                rtol=0, atol=4e-6)
+
+
+def test_perceptual_error_compares_imagenet_features_of_the_upsampled_images():
+    from diyt.model.backbone import load_backbone
+
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    y = x.clone()
+    y[:, :, 20:28, 4:12] = 0.5  # a flat square in the lower left of both images
+    assert torch.equal(perceptual_error(x, x), torch.zeros(2, 32, 32))
+    error = perceptual_error(x, y)
+    # by hand: stride-16 features (timm index 3) of the TF-normalised images at 64 px, squared, channel mean, resized
+    net = load_backbone("tf_efficientnet_lite0", [3])
+    up = [torch.nn.functional.interpolate(t, size=(64, 64), mode="bilinear", align_corners=False) for t in (x, y)]
+    fx, fy = (net((t * 255 - 127) / 128)[0] for t in up)
+    cells = (fx - fy).square().mean(dim=1, keepdim=True)  # (2, 1, 4, 4)
+    expected = torch.nn.functional.interpolate(cells, size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(error, expected, rtol=1e-4, atol=1e-5)
+    assert error[:, 20:28, 4:12].mean() > 3 * error[:, 4:12, 20:28].mean()  # it is where the images differ
+    # error_map adds it, weighted, to the mix, on the pixels: the model's input normalisation undone
+    from diyt.data.dataset import normalize
+
+    nx, ny = normalize(x, "imagenet"), normalize(y, "imagenet")
+    mixed = error_map(nx, ny, 0.3, 0.2, perceptual_weight=0.01, normalize="imagenet")
+    torch.testing.assert_close(mixed, error_map(nx, ny, 0.3, 0.2) + 0.01 * error, rtol=1e-4, atol=1e-6)
 
 
 def test_error_map_l2_and_ssim():

@@ -185,6 +185,7 @@ class EvalParams(Section):
     repeats: PositiveInt = 1  # R partitions, averaged
     ssim_weight: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # of (1 - SSIM) / 2 in the per-pixel error
     gms_weight: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # of 1 - MSGMS; L2 keeps 1 - ssim - gms
+    perceptual_weight: Annotated[float, Field(ge=0.0)] = 0.0  # of the ImageNet-feature error, added to the mix
     sigma: Annotated[float, Field(ge=0.0)] = 4.0  # Gaussian smoothing of the anomaly map, in pixels
     image_score: Literal["max", "topk"] = "max"
     topk_fraction: Fraction = 0.01
@@ -220,7 +221,7 @@ class Params(Section):
             if self.data.normalize != wanted:
                 raise ValueError(f"data.normalize: the {self.model.backbone} backbone was trained on {wanted!r} "
                                  f"inputs; set data.normalize: {wanted}")
-            for key, what in (("ssim_weight", "SSIM"), ("gms_weight", "MSGMS")):
+            for key, what in (("ssim_weight", "SSIM"), ("gms_weight", "MSGMS"), ("perceptual_weight", "the perceptual error")):
                 if getattr(self.eval, key):
                     raise ValueError(f"eval.{key}: {what} compares images and model.target is features; set it to 0")
         if self.model.arch.image_size > self.data.image_size:

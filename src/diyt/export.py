@@ -102,6 +102,10 @@ def export_onnx(bundle: Bundle, out: str | Path, opset: int = OPSET, verify: boo
     if bundle.memory_bank is not None:
         raise DiytError(f"{bundle.path}: its maps come from the kNN reference scorer; export supports DiyT's "
                         "reconstruction scorer (evaluate with eval.scorer: reconstruction or both)")
+    if bundle.scoring.perceptual_weight:
+        raise DiytError(f"{bundle.path}: its maps include the perceptual error (eval.perceptual_weight "
+                        f"{bundle.scoring.perceptual_weight}), which the ONNX graph does not compute; score with "
+                        "`diyt predict`, or evaluate with eval.perceptual_weight: 0 to export")
     out = Path(out)
     bundle.model.cpu().float().eval()
     graph = ScoringGraph.from_bundle(bundle).eval()

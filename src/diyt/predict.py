@@ -61,7 +61,8 @@ class TorchScorer:
         images = normalize(images, self.bundle.preprocess.normalize)
         config = self.bundle.scoring
         if self.bundle.memory_bank is None:
-            scores = score_batch(self.model, images, config, self.bundle.out_size, self.parts, self.device)
+            scores = score_batch(self.model, images, config, self.bundle.out_size, self.parts, self.device,
+                                 self.bundle.preprocess.normalize)
         else:
             scores = knn_scores(self.model, images, self.bundle.memory_bank.to(self.device), config,
                                 self.bundle.out_size, self.device)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from diyt.config import EvalParams
-from diyt.data.dataset import AnomalyDataset, denormalize
+from diyt.data.dataset import AnomalyDataset, Normalize, denormalize
 from diyt.data.images import read_image
 from diyt.data.layout import Row
 from diyt.errors import DataError
@@ -78,11 +78,12 @@ def scorer_inputs(model: MaskedAutoencoder, dataset: AnomalyDataset, batch_size:
                 for batch in tqdm(images, desc=f"features {dataset.root.name}", unit="batch", leave=False)]
 
 
-def reconstruction_scorer(model: MaskedAutoencoder, config: ScoringConfig, out_size: int,
-                          device: torch.device) -> BatchScorer:
+def reconstruction_scorer(model: MaskedAutoencoder, config: ScoringConfig, out_size: int, device: torch.device,
+                          normalize: Normalize = "none") -> BatchScorer:
     """DiyT's own scorer: multi-mask reconstruction error (`score_batch` with the config's partitions)."""
     parts = partitions(model.num_patches, config)
-    return partial(score_batch, model, config=config, out_size=out_size, parts=parts, device=device)
+    return partial(score_batch, model, config=config, out_size=out_size, parts=parts, device=device,
+                   normalize=normalize)
 
 
 def knn_scorer(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringConfig, out_size: int,
@@ -102,13 +103,14 @@ def knn_scorer(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringC
 
 
 def score_batch(model: MaskedAutoencoder, images: torch.Tensor, config: ScoringConfig, out_size: int,
-                parts: torch.Tensor, device: torch.device) -> Scores:
-    """Score one batch of normalised images (N, 3, h, w) on `device` (bf16 autocast on CUDA); results on the CPU.
+                parts: torch.Tensor, device: torch.device, normalize: Normalize = "none") -> Scores:
+    """Score one batch of images (N, 3, h, w) normalised as `normalize` says, on `device` (bf16 autocast on
+    CUDA); results on the CPU.
 
     The one scoring call of both the evaluation and `diyt predict`, so the two agree bit for bit.
     """
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        scores = score_images(model, images.to(device), config, out_size, parts)
+        scores = score_images(model, images.to(device), config, out_size, parts, normalize)
     return Scores(*(t.float().cpu() for t in scores))
 
 
@@ -155,7 +157,7 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
               (("val", val), ("test", test))}
     if params.scorer == "knn":
         return _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank)
-    ev = _evaluate(reconstruction_scorer(model, config, out_size, device), inputs, model, val, test, masks,
+    ev = _evaluate(reconstruction_scorer(model, config, out_size, device, normalize), inputs, model, val, test, masks,
                    normalize, params, category_dir)
     if knn is not None:
         reference = _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank).metrics

@@ -4,12 +4,14 @@ A masked autoencoder copies what it sees, so every patch is scored from a pass i
 patches are partitioned into K complementary masks, the image is reconstructed K times (one batched forward),
 and each patch keeps the prediction of the pass that hid it. R such partitions are averaged. K = 1 is the plain
 MAE's single pass, kept for the ablation: one random half of the patches hidden, the other half scoring 0. The
-per-pixel error (L2 over channels, optionally mixed with 1 - SSIM and 1 - MSGMS for images) is upsampled to the
-mask resolution and smoothed; the image score is the map's maximum or the mean of its top-k pixels.
+per-pixel error (L2 over channels, optionally mixed with 1 - SSIM and 1 - MSGMS for images, plus a perceptual
+error: how far apart a frozen ImageNet network sees the image and its reconstruction) is upsampled to the mask
+resolution and smoothed; the image score is the map's maximum or the mean of its top-k pixels.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diyt.data.dataset import Normalize, denormalize
 from diyt.model import MaskedAutoencoder, complementary_masks, visible_indices
 
 
@@ -38,6 +41,7 @@ class ScoringConfig:
     topk_fraction: float = 0.01
     seed: int = 0
     gms_weight: float = 0.0
+    perceptual_weight: float = 0.0
 
     @classmethod
     def from_params(cls, params) -> ScoringConfig:
@@ -153,13 +157,40 @@ def msgms_map(x: Tensor, y: Tensor) -> Tensor:
     return total / len(GMS_SCALES)
 
 
+PERCEPTUAL_BACKBONE, PERCEPTUAL_LAYER = "tf_efficientnet_lite0", 3  # the offline backbone's stride-16 features
+PERCEPTUAL_SCALE = 2  # images are upsampled 2x first: a feature cell then covers 8 px of the model's input
+
+
+@functools.lru_cache(maxsize=1)
+def perceptual_network() -> nn.Module:
+    """The frozen ImageNet network whose features the perceptual error compares (loaded once per process)."""
+    from diyt.model.backbone import load_backbone
+
+    return load_backbone(PERCEPTUAL_BACKBONE, [PERCEPTUAL_LAYER])
+
+
+def perceptual_error(x: Tensor, y: Tensor) -> Tensor:
+    """Mean squared difference over channels of the perceptual network's features of two images (N, 3, h, w) of
+    pixels in [0, 1], upsampled PERCEPTUAL_SCALE x before and the error bilinearly back to (N, h, w) after."""
+    net = perceptual_network().to(x.device)
+    pair = F.interpolate(torch.cat([x, y]), scale_factor=PERCEPTUAL_SCALE, mode="bilinear", align_corners=False)
+    pair = (pair * 255 - 127) / 128  # the TF-style input normalisation the network was trained with
+    with torch.no_grad():
+        fx, fy = net(pair.contiguous(memory_format=torch.channels_last))[0].float().chunk(2)
+    error = (fx - fy).square().mean(dim=1, keepdim=True)
+    return F.interpolate(error, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
 def error_map(images: Tensor, recon: Tensor, ssim_weight: float, gms_weight: float = 0.0,
-              ssim_blur: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+              ssim_blur: Callable[[Tensor], Tensor] | None = None, perceptual_weight: float = 0.0,
+              normalize: Normalize = "none") -> Tensor:
     """Per-cell error (N, h, w) of a reconstruction of `images` (pixels or feature maps, (N, C, h, w)): mean
     squared error over channels, mixed by weight with (1 - SSIM) / 2 and 1 - MSGMS (pixels only), both on the
-    images scaled to [0, 1] by the input's range and averaged over channels."""
+    images scaled to [0, 1] by the input's range and averaged over channels; plus, for images, `perceptual_weight`
+    times the perceptual error (`perceptual_error`) of the pixels (the inputs undone of `normalize`, clipped to
+    [0, 1]: the network sees the image as it was photographed)."""
     l2 = (recon - images).square().mean(dim=1)
-    if ssim_weight == 0 and gms_weight == 0:
+    if ssim_weight == 0 and gms_weight == 0 and perceptual_weight == 0:
         return l2
     lo = images.amin(dim=(1, 2, 3), keepdim=True)
     span = (images.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-6)
@@ -169,6 +200,9 @@ def error_map(images: Tensor, recon: Tensor, ssim_weight: float, gms_weight: flo
         error = error + ssim_weight * (1 - ssim_map(x, y, blur=ssim_blur).mean(dim=1)) / 2
     if gms_weight:
         error = error + gms_weight * (1 - msgms_map(x, y).mean(dim=1))
+    if perceptual_weight:
+        pixels = (denormalize(t, normalize).clamp(0, 1) for t in (images, recon))
+        error = error + perceptual_weight * perceptual_error(*pixels)
     return error
 
 
@@ -188,14 +222,16 @@ def image_scores(maps: Tensor, how: str, topk_fraction: float) -> Tensor:
 
 @torch.no_grad()
 def score_images(model: MaskedAutoencoder, images: Tensor, config: ScoringConfig, out_size: int,
-                 parts: Tensor | None = None) -> Scores:
-    """Anomaly maps (N, out_size, out_size), image scores and reconstructions of a batch of normalised images."""
+                 parts: Tensor | None = None, normalize: Normalize = "none") -> Scores:
+    """Anomaly maps (N, out_size, out_size), image scores and reconstructions of a batch of images normalised as
+    `normalize` says (which the perceptual error undoes)."""
     parts = partitions(model.num_patches, config) if parts is None else parts
     errors, recons = [], []
     for masks in parts:
         recon, target = reconstruct(model, images, masks)
         recons.append(recon)
-        errors.append(error_map(target, recon, config.ssim_weight, config.gms_weight))
+        errors.append(error_map(target, recon, config.ssim_weight, config.gms_weight,
+                                perceptual_weight=config.perceptual_weight, normalize=normalize))
     score, maps = reduce_errors(torch.stack(errors), config, out_size)
     return Scores(score, maps, torch.stack(recons).mean(dim=0))
 
