@@ -221,7 +221,8 @@ class Params(Section):
             if self.data.normalize != wanted:
                 raise ValueError(f"data.normalize: the {self.model.backbone} backbone was trained on {wanted!r} "
                                  f"inputs; set data.normalize: {wanted}")
-            for key, what in (("ssim_weight", "SSIM"), ("gms_weight", "MSGMS"), ("perceptual_weight", "the perceptual error")):
+            for key, what in (("ssim_weight", "SSIM"), ("gms_weight", "MSGMS"),
+                              ("perceptual_weight", "the perceptual error")):
                 if getattr(self.eval, key):
                     raise ValueError(f"eval.{key}: {what} compares images and model.target is features; set it to 0")
         if self.model.arch.image_size > self.data.image_size:
