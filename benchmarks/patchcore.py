@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
             val, test, train = (AnomalyDataset(dataset_dir / category, [split], size, normalize)
                                 for split in ("val", "test", "train"))
             model = load_trained(work / f"models/{category}", device).model
-            _, diyt_speed = throughput(reconstruction_scorer(model, config, out_size, device), test,
+            _, diyt_speed = throughput(reconstruction_scorer(model, config, out_size, device, normalize), test,
                                        params.eval.batch_size)
             pc = patchcore(params)
             fit_seconds = fit(pc, train, params.eval.batch_size, args.coreset, args.sampler)

@@ -118,6 +118,8 @@ def test_map_cache_stores_the_backbone_maps_once_and_keys_them_by_their_inputs(t
     _, with_cache = knn_scorer(model, train, config, 64, 0.5, 32, cpu, cache)
     _, without = knn_scorer(model, train, config, 64, 0.5, 32, cpu)
     assert torch.equal(with_cache, without)
+    stacked = torch.stack([train[i]["image"] for i in range(len(train))])  # the cells the queries are scored in
+    assert torch.equal(without, fit_bank(cell_features(model, stacked), 0.5, config.seed))
 
 
 def test_channel_statistics_are_fitted_at_pretraining_and_kept_by_finetuning(tmp_path):

@@ -131,6 +131,8 @@ def test_perceptual_error_compares_imagenet_features_of_the_upsampled_images():
     nx, ny = normalize(x, "imagenet"), normalize(y, "imagenet")
     mixed = error_map(nx, ny, 0.3, 0.2, perceptual_weight=0.01, normalize="imagenet")
     torch.testing.assert_close(mixed, error_map(nx, ny, 0.3, 0.2) + 0.01 * error, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="the perceptual error needs the inputs' normalisation"):
+        error_map(nx, ny, 0.3, 0.2, perceptual_weight=0.01)  # never a silent guess at what the pixels were
 
 
 def test_error_map_l2_and_ssim():

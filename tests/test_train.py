@@ -218,7 +218,8 @@ def test_two_runs_are_bit_identical_and_logged(dataset_dir, reference, tmp_path,
 
 
 @pytest.mark.skipif(not cpu_has_bf16_matmul(), reason="bf16 autocast runs on CPUs with AMX only")
-def test_bf16_autocast_on_a_cpu_is_deterministic_and_close_to_float32(dataset_dir, reference, tmp_path):
+def test_bf16_autocast_on_a_cpu_is_deterministic_and_close_to_float32(dataset_dir, reference, tmp_path,
+                                                                     monkeypatch):
     params = _params(amp=True)
     assert start("cpu", amp=True, compile=False, num_workers=0).amp
     _pretrain(params, dataset_dir, tmp_path / "a")
@@ -227,6 +228,12 @@ def test_bf16_autocast_on_a_cpu_is_deterministic_and_close_to_float32(dataset_di
     _assert_same(a, b)  # bf16 on a CPU is as deterministic as float32
     gaps = [float((a[k] - reference[k]).abs().max()) for k in a if not k.startswith("source.")]
     assert 0 < max(gaps) < 0.05  # bf16 rounding (~5e-3 here), not a different run
+    with monkeypatch.context() as m:  # a bf16 run cut short is not resumed in float32
+        _crash_at(9, m)
+        with pytest.raises(Crash):
+            _pretrain(params, dataset_dir, tmp_path / "c")
+    with pytest.raises(DiytError, match=r"of other params \(precision 'bf16' -> 'float32'\)"):
+        _pretrain(_params(), dataset_dir, tmp_path / "c")
 
 
 def test_attention_stays_float32_under_cpu_autocast():

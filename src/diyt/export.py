@@ -32,7 +32,7 @@ OPSET = 23  # opset 23 has Attention and Gelu: fused kernels in onnxruntime (18 
 INPUT, SCORE, MAP = "image", "score", "anomaly_map"
 # onnxruntime against PyTorch: relative, plus an absolute floor as a fraction of the map's largest magnitude, for
 # z-scored maps cross zero where no relative tolerance holds (SSIM's variance terms amplify the last-bit
-# differences of two blur implementations most there)
+# differences of the two runtimes' convolutions most there)
 PARITY_RTOL, PARITY_ATOL = 1e-4, 1e-5
 class PositionNorm(nn.Module):
     """`diyt.eval.normalize.normalize_maps`: (N, H, W) maps as z-scores against the validation normals' (H, W)."""

@@ -79,7 +79,7 @@ def scorer_inputs(model: MaskedAutoencoder, dataset: AnomalyDataset, batch_size:
 
 
 def reconstruction_scorer(model: MaskedAutoencoder, config: ScoringConfig, out_size: int, device: torch.device,
-                          normalize: Normalize = "none") -> BatchScorer:
+                          normalize: Normalize | None = None) -> BatchScorer:
     """DiyT's own scorer: multi-mask reconstruction error (`score_batch` with the config's partitions)."""
     parts = partitions(model.num_patches, config)
     return partial(score_batch, model, config=config, out_size=out_size, parts=parts, device=device,
@@ -103,7 +103,7 @@ def knn_scorer(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringC
 
 
 def score_batch(model: MaskedAutoencoder, images: torch.Tensor, config: ScoringConfig, out_size: int,
-                parts: torch.Tensor, device: torch.device, normalize: Normalize = "none") -> Scores:
+                parts: torch.Tensor, device: torch.device, normalize: Normalize | None = None) -> Scores:
     """Score one batch of images (N, 3, h, w) normalised as `normalize` says, on `device` (bf16 autocast on
     CUDA); results on the CPU.
 

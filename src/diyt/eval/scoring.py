@@ -183,7 +183,7 @@ def perceptual_error(x: Tensor, y: Tensor) -> Tensor:
 
 def error_map(images: Tensor, recon: Tensor, ssim_weight: float, gms_weight: float = 0.0,
               ssim_blur: Callable[[Tensor], Tensor] | None = None, perceptual_weight: float = 0.0,
-              normalize: Normalize = "none") -> Tensor:
+              normalize: Normalize | None = None) -> Tensor:
     """Per-cell error (N, h, w) of a reconstruction of `images` (pixels or feature maps, (N, C, h, w)): mean
     squared error over channels, mixed by weight with (1 - SSIM) / 2 and 1 - MSGMS (pixels only), both on the
     images scaled to [0, 1] by the input's range and averaged over channels; plus, for images, `perceptual_weight`
@@ -201,6 +201,8 @@ def error_map(images: Tensor, recon: Tensor, ssim_weight: float, gms_weight: flo
     if gms_weight:
         error = error + gms_weight * (1 - msgms_map(x, y).mean(dim=1))
     if perceptual_weight:
+        if normalize is None:
+            raise ValueError("error_map: the perceptual error needs the inputs' normalisation (normalize=...)")
         pixels = (denormalize(t, normalize).clamp(0, 1) for t in (images, recon))
         error = error + perceptual_weight * perceptual_error(*pixels)
     return error
@@ -222,7 +224,7 @@ def image_scores(maps: Tensor, how: str, topk_fraction: float) -> Tensor:
 
 @torch.no_grad()
 def score_images(model: MaskedAutoencoder, images: Tensor, config: ScoringConfig, out_size: int,
-                 parts: Tensor | None = None, normalize: Normalize = "none") -> Scores:
+                 parts: Tensor | None = None, normalize: Normalize | None = None) -> Scores:
     """Anomaly maps (N, out_size, out_size), image scores and reconstructions of a batch of images normalised as
     `normalize` says (which the perceptual error undoes)."""
     parts = partitions(model.num_patches, config) if parts is None else parts

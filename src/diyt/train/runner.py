@@ -55,8 +55,10 @@ def run_phase(phase: Phase, *, model_params: ModelParams, data: DataParams, trai
             if init_dir is None:  # pre-training fits the feature statistics; fine-tuning keeps them
                 dataset.maps = model.source.fit_statistics(dataset.maps)
         phase_params = getattr(train_params, phase)
-        # what decides the resulting weights, keyed as in params.yaml; device, amp, nproc, ... only change speed
+        # what decides the resulting weights, keyed as in params.yaml, and the precision the steps run in (bf16
+        # where train.amp and the hardware allow it); device, nproc, compile, ... only change speed
         fingerprint = {"phase": phase, "categories": list(categories), "init": init_sha,
+                       "precision": "bf16" if runtime.amp else "float32",
                        "data": data.model_dump(mode="json"), "model": model_params.model_dump(mode="json"),
                        "train": {"seed": train_params.seed, phase: phase_params.model_dump(mode="json")}}
         result = train(model, dataset, phase_params, phase_name=phase, seed=train_params.seed, runtime=runtime,
