@@ -30,7 +30,7 @@ from diyt.data.sample import Sample
 from diyt.model import ArchConfig, build_model, forward_flops
 from diyt.train import Checkpointing, train, train_images
 from diyt.train.data import TrainFeatures
-from diyt.train.distributed import cpu_has_bf16_matmul, start
+from diyt.train.distributed import start, uses_bf16
 from roofline import matmul_flops
 
 MVTEC_AD_TRAIN_IMAGES = 3629  # train/good images of the 15 categories together
@@ -99,8 +99,7 @@ def main() -> None:
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
     presets = args.presets or (["tiny", "seed"] if cuda else ["tiny"])
-    amp = params.train.amp and (cuda or cpu_has_bf16_matmul())  # as the stages: bf16 where the hardware has it
-    dtype = torch.bfloat16 if amp else torch.float32
+    dtype = torch.bfloat16 if uses_bf16(device, params.train.amp) else torch.float32  # as the stages' steps
     roof = matmul_flops(device, dtype, 8192 if cuda else 1024)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'cpu'}, "
           f"{torch.get_num_threads()} threads; matmul {str(dtype).removeprefix('torch.')}: {roof / 1e9:.1f} GFLOP/s")

@@ -94,10 +94,10 @@ def knn_scorer(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringC
     if isinstance(model.source, FeatureSource):  # its cells are the standardised maps
         features = model.source.standardized((map_cache or MapCache()).raw_maps(model.source, train, device))
     else:
-        loader = DataLoader(train, batch_size=batch_size, shuffle=False)
         with torch.no_grad():
-            features = torch.cat([cell_features(model, batch["image"].to(device)).float().cpu()
-                                  for batch in tqdm(loader, desc="kNN memory bank", unit="batch", leave=False)])
+            features = torch.cat([cell_features(model, batch.to(device)).float().cpu() for batch in
+                                  tqdm(image_batches(train, batch_size), desc="kNN memory bank", unit="batch",
+                                       leave=False)])
     bank = fit_bank(features, coreset, config.seed).to(device)
     return partial(knn_scores, model, bank=bank, config=config, out_size=out_size, device=device), bank
 

@@ -69,6 +69,11 @@ def cpu_has_bf16_matmul() -> bool:
     return bool(capabilities.get("amx_bf16", False)) and bool(init())
 
 
+def uses_bf16(device: torch.device, amp: bool) -> bool:
+    """Whether steps on `device` run in bf16 autocast: `train.amp` on CUDA, or on a CPU with AMX."""
+    return amp and (device.type == "cuda" or cpu_has_bf16_matmul())
+
+
 def start(device: Literal["auto", "cpu", "cuda"], *, amp: bool, compile: bool, num_workers: int) -> Runtime:
     """The runtime of this process, joining the process group when torchrun started it."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in
@@ -84,8 +89,7 @@ def start(device: Literal["auto", "cpu", "cuda"], *, amp: bool, compile: bool, n
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if where.type == "cuda" else "gloo", device_id=where
                                 if where.type == "cuda" else None)
-    return Runtime(where, rank, world, amp and (where.type == "cuda" or cpu_has_bf16_matmul()), compile,
-                   num_workers)
+    return Runtime(where, rank, world, uses_bf16(where, amp), compile, num_workers)
 
 
 def stop(runtime: Runtime) -> None:
