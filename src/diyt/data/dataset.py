@@ -46,7 +46,8 @@ class Augment:
 
 def normalize(images: torch.Tensor, how: Normalize) -> torch.Tensor:
     """(N, 3, H, W) or (3, H, W) in [0, 1] → normalised."""
-    mean, std = (torch.tensor(v, dtype=images.dtype).view(3, 1, 1) for v in NORMALIZATION[how])
+    mean, std = (torch.tensor(v, dtype=images.dtype, device=images.device).view(3, 1, 1)
+                 for v in NORMALIZATION[how])
     return (images - mean) / std
 
 

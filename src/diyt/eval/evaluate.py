@@ -157,8 +157,8 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
               (("val", val), ("test", test))}
     if params.scorer == "knn":
         return _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank)
-    ev = _evaluate(reconstruction_scorer(model, config, out_size, device, normalize), inputs, model, val, test, masks,
-                   normalize, params, category_dir)
+    ev = _evaluate(reconstruction_scorer(model, config, out_size, device, normalize), inputs, model, val, test,
+                   masks, normalize, params, category_dir)
     if knn is not None:
         reference = _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank).metrics
         ev.metrics["reference"] = {"knn": {k: v for k, v in reference.items() if k in REFERENCE_KEYS}}

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diyt.data.dataset import Normalize, denormalize
+from diyt.data.dataset import Normalize, denormalize, normalize
 from diyt.model import MaskedAutoencoder, complementary_masks, visible_indices
 
 
@@ -172,9 +172,11 @@ def perceptual_network() -> nn.Module:
 def perceptual_error(x: Tensor, y: Tensor) -> Tensor:
     """Mean squared difference over channels of the perceptual network's features of two images (N, 3, h, w) of
     pixels in [0, 1], upsampled PERCEPTUAL_SCALE x before and the error bilinearly back to (N, h, w) after."""
+    from diyt.model.backbone import backbone_normalization
+
     net = perceptual_network().to(x.device)
     pair = F.interpolate(torch.cat([x, y]), scale_factor=PERCEPTUAL_SCALE, mode="bilinear", align_corners=False)
-    pair = (pair * 255 - 127) / 128  # the TF-style input normalisation the network was trained with
+    pair = normalize(pair, backbone_normalization(PERCEPTUAL_BACKBONE))  # as the network was trained
     with torch.no_grad():
         fx, fy = net(pair.contiguous(memory_format=torch.channels_last))[0].float().chunk(2)
     error = (fx - fy).square().mean(dim=1, keepdim=True)

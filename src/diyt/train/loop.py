@@ -3,7 +3,8 @@
 AdamW with no decay on norm/DyT/bias/token/position parameters, lr = base_lr × batch / 256 with linear warmup
 and a half-cycle cosine per iteration, gradient clipping, bf16 autocast on CUDA and on AMX CPUs, DDP under
 torchrun. Each step's batch and masks are pure functions of (seed, step), and every RNG is checkpointed, so a
-killed run resumes to the same weights as one that was never stopped. A non-finite loss stops the run before it touches the weights.
+killed run resumes to the same weights as one that was never stopped. A non-finite loss stops the run before it
+touches the weights.
 """
 
 from __future__ import annotations
