@@ -70,11 +70,15 @@ def read_model_config(path: Path) -> tuple[ModelParams, str | None]:
 
 
 def architecture_spec(params: ModelParams) -> ArchitectureSpec:
+    import warnings
+
     import torch
 
     from diyt.model.build import build_model
 
-    with torch.device("meta"):
+    with torch.device("meta"), warnings.catch_warnings():
+        # loading the backbone's weights into meta tensors is a no-op, which torch warns of once per tensor
+        warnings.filterwarnings("ignore", message=".*non-meta parameter in the checkpoint to a meta parameter")
         model = build_model(params)
     counts = {name: sum(p.numel() for p in part.parameters()) for name, part in model.named_children()}
     arch = params.arch
