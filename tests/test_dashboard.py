@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from diyt import inference, results
 from diyt.config import parse_params
 from diyt.data import synthetic
-from diyt.errors import DataError
+from diyt.errors import DataError, DiytError
 from diyt.eval import metrics
 from diyt.io import write_json
 from diyt.model import build_model
@@ -205,6 +205,16 @@ def test_upload_checks_name_the_upload(project):
         inference.score_upload(bundle, score, png(Image.new("1", (9000, 9000))), "bomb.png")
     with pytest.raises(DataError, match=r"^big\.png: 21\.0 MB is over the 20 MB upload limit"):
         inference.check_size("big.png", 21 * 2**20)
+
+
+def test_without_a_bundle_fitted_scoring_parts_are_refused(project, tmp_path):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["eval"]["normalize_maps"] = "position"  # (the error level, which needs a feature model, alike)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(DiytError, match=r"no model bundle, and its scoring \(eval\.normalize_maps: position\) uses "
+                                        r"what the evaluation fitted"):
+        inference.load_model(project / "bundles/none", project / f"models/{DATASET}/weave",
+                             project / f"reports/{DATASET}/categories/weave/metrics.json", tmp_path / "params.yaml")
 
 
 # ------------------------------------------------------------------------------------------------ pages
