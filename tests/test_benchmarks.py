@@ -39,7 +39,7 @@ def test_each_ablation_row_adds_one_seed_feature_to_the_plain_mae(benchmarks):
 
 SMALL = ["data.categories=[weave]", "data.synthetic.n_train=32", "data.synthetic.n_test_good=6",
          "data.synthetic.n_test_defect=6", "data.val_fraction=0.15", "train.pretrain.steps=2", "train.finetune.steps=1",
-         "train.pretrain.batch_size=8", "train.finetune.batch_size=8"]
+         "train.pretrain.batch_size=8", "train.finetune.batch_size=8", "eval.level_steps=5"]
 SMALL_ARGS = [a for s in SMALL for a in ("--set", s)]
 
 

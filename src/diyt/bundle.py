@@ -27,6 +27,7 @@ from diyt.data.dataset import NORMALIZATION
 from diyt.data.images import read_image
 from diyt.data.layout import read_manifest
 from diyt.errors import DiytError
+from diyt.eval.level import ErrorLevel
 from diyt.eval.normalize import PositionStats
 from diyt.eval.scoring import ScoringConfig
 from diyt.io import atomic_dir, atomic_path, write_json
@@ -40,8 +41,11 @@ if TYPE_CHECKING:
 BUNDLE = "bundle.json"
 POSITION_STATS = "position_stats.safetensors"  # with eval.normalize_maps: position, the (H, W) mean and scale
 MEMORY_BANK = "memory_bank.safetensors"  # with eval.scorer: knn, the (m, C) normal features it measures against
+ERROR_LEVEL = "error_level.safetensors"  # with eval.error_level: context, the fitted `ErrorLevel`'s weights
+SCORE_STATS = "score_position_stats.safetensors"  # with it and position normalisation, the score maps' own
 FORMAT_VERSION = 1
 MAP_SETTINGS = ("normalize_maps", "normalize_std_floor")  # eval params applied after `score_images`
+LEVEL_SETTINGS = ("error_level", "level_ring", "level_hole", "level_steps")  # the image score's error level
 RESAMPLE = Image.Resampling.BICUBIC  # as prepare (to data.image_size) and AnomalyDataset (to the model's size)
 
 
@@ -117,6 +121,8 @@ class Bundle:
     manifest: dict  # bundle.json as read
     position: PositionStats | None = None  # per-pixel z-scoring of the maps against validation normals, if any
     memory_bank: torch.Tensor | None = None  # (m, C): the maps are kNN distances to it instead of reconstruction
+    error_level: ErrorLevel | None = None  # image scores from the errors against the level it expects
+    score_position: PositionStats | None = None  # the per-pixel z-scoring of those score maps
 
     @property
     def category(self) -> str:
@@ -139,7 +145,9 @@ def write_bundle(out_dir: str | Path, model_dir: str | Path, ev: Evaluation, par
                                                     trained.normalize)),
         "scoring": dataclasses.asdict(ScoringConfig.from_params(params))
                    | params.model_dump(include=set(MAP_SETTINGS))
-                   | {"scorer": "reconstruction" if ev.memory_bank is None else "knn"},
+                   | params.model_dump(include=set(LEVEL_SETTINGS))
+                   | {"scorer": "reconstruction" if ev.memory_bank is None else "knn",
+                      "error_level": "none" if ev.error_level is None else "context"},
         "out_size": int(ev.maps.shape[-1]),
         "thresholds": {"image": float(ev.image_threshold), "pixel": float(ev.pixel_threshold),
                        "method": params.threshold, "quantile": params.threshold_quantile, "k": params.threshold_k,
@@ -150,14 +158,15 @@ def write_bundle(out_dir: str | Path, model_dir: str | Path, ev: Evaluation, par
         shutil.copyfile(model_dir / WEIGHTS, tmp / WEIGHTS)  # a copy: the bundle must outlive a retraining
         manifest["weights_sha256"] = file_digest(tmp / WEIGHTS)
         shutil.copyfile(model_dir / CONFIG, tmp / CONFIG)
-        if ev.position_stats is not None:
-            with atomic_path(tmp / POSITION_STATS) as stats:  # (atomic_path also gives the usual permissions)
-                save_file({k: v.contiguous() for k, v in ev.position_stats._asdict().items()}, stats)
-            manifest["position_stats_sha256"] = file_digest(tmp / POSITION_STATS)
-        if ev.memory_bank is not None:
-            with atomic_path(tmp / MEMORY_BANK) as bank:
-                save_file({"features": ev.memory_bank.float().cpu().contiguous()}, bank)
-            manifest["memory_bank_sha256"] = file_digest(tmp / MEMORY_BANK)
+        parts = {POSITION_STATS: None if ev.position_stats is None else ev.position_stats._asdict(),
+                 MEMORY_BANK: None if ev.memory_bank is None else {"features": ev.memory_bank},
+                 ERROR_LEVEL: None if ev.error_level is None else ev.error_level.state_dict(),
+                 SCORE_STATS: None if ev.score_stats is None else ev.score_stats._asdict()}
+        for name, tensors in parts.items():
+            if tensors is not None:
+                with atomic_path(tmp / name) as part:  # (atomic_path also gives the usual permissions)
+                    save_file({k: v.float().cpu().contiguous() for k, v in tensors.items()}, part)
+                manifest[_digest_key(name)] = file_digest(tmp / name)
         write_json(tmp / BUNDLE, manifest)
 
 
@@ -200,13 +209,21 @@ def load_bundle(bundle_dir: str | Path, device: torch.device | str = "cpu") -> B
     if file_digest(bundle_dir / WEIGHTS) != digest:
         raise DiytError(f"{bundle_dir / WEIGHTS}: not the weights this bundle was made with (changed or "
                         f"truncated: sha256 differs from {BUNDLE}); {remake}")
-    position = bank = None
+    def part(name: str, names: tuple[str, ...], why: str) -> list[torch.Tensor]:
+        return _tensors(bundle_dir / name, manifest.get(_digest_key(name)), names, remake, why)
+
+    def stats(name: str, why: str) -> PositionStats:
+        found = PositionStats(*part(name, PositionStats._fields, why))
+        if any(t.shape != (out_size, out_size) for t in found):
+            raise DiytError(f"{bundle_dir / name}: statistics are not {out_size}x{out_size} like the maps; {remake}")
+        return found
+
+    position = bank = level = score_position = None
+    leveled = eval_params.error_level == "context"
     if eval_params.normalize_maps == "position":
-        position = PositionStats(*_tensors(bundle_dir / POSITION_STATS, manifest.get("position_stats_sha256"),
-                                           PositionStats._fields, remake, "its maps are normalised per position"))
-        if any(t.shape != (out_size, out_size) for t in position):
-            raise DiytError(f"{bundle_dir / POSITION_STATS}: statistics are not {out_size}x{out_size} like the "
-                            f"maps; {remake}")
+        position = stats(POSITION_STATS, "its maps are normalised per position")
+        if leveled:
+            score_position = stats(SCORE_STATS, "its score maps are normalised per position")
     trained = load_trained(bundle_dir, device)
     if (trained.model.arch.image_size, trained.normalize) != (pre.image_size, pre.normalize):
         raise DiytError(f"{path}: preprocess does not match {bundle_dir / CONFIG}; {remake}")
@@ -215,8 +232,22 @@ def load_bundle(bundle_dir: str | Path, device: torch.device | str = "cpu") -> B
                            "its maps are kNN distances to it")
         if bank.ndim != 2 or bank.shape[1] != trained.model.source.target_dim:
             raise DiytError(f"{bundle_dir / MEMORY_BANK}: features of another size than the model's; {remake}")
+    if leveled:
+        level = ErrorLevel(trained.model.source.target_dim, eval_params.level_ring, eval_params.level_hole)
+        names = tuple(level.state_dict())
+        try:
+            level.load_state_dict(dict(zip(names, part(ERROR_LEVEL, names, "its image scores use it"))))
+        except (KeyError, RuntimeError) as err:
+            raise DiytError(f"{bundle_dir / ERROR_LEVEL}: not the error level of this model "
+                            f"({str(err).splitlines()[0]}); {remake}") from None
+        level = level.to(device).eval().requires_grad_(False)
     return Bundle(bundle_dir, trained.model, trained.params, pre, scoring, out_size, thresholds, display, digest,
-                  manifest, position, bank)
+                  manifest, position, bank, level, score_position)
+
+
+def _digest_key(part: str) -> str:
+    """The bundle.json key of a part's sha256: position_stats.safetensors -> position_stats_sha256."""
+    return part.removesuffix(".safetensors") + "_sha256"
 
 
 def _parse(manifest: dict) -> tuple[Preprocess, EvalParams, Thresholds, int, tuple[float, float], str]:

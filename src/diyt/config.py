@@ -191,6 +191,10 @@ class EvalParams(Section):
     topk_fraction: Fraction = 0.01
     normalize_maps: Literal["none", "position"] = "none"  # z-score each pixel against the validation maps
     normalize_std_floor: Annotated[float, Field(gt=0.0)] = 0.1  # added to the std, x its mean over pixels
+    error_level: Literal["none", "context"] = "none"  # image score: error / the error expected from the context
+    level_ring: Annotated[int, Field(ge=3)] = 13  # odd: the context window, in feature cells
+    level_hole: PositiveInt = 9  # odd, under level_ring: the central cells the context leaves out
+    level_steps: PositiveInt = 300  # the error level's fitting steps
     threshold: Literal["quantile", "mean_std"] = "quantile"
     threshold_quantile: Fraction = 0.99
     threshold_k: Annotated[float, Field(ge=0.0)] = 3.0
@@ -202,6 +206,9 @@ class EvalParams(Section):
         if self.ssim_weight + self.gms_weight > 1:
             raise ValueError(f"ssim_weight + gms_weight: {self.ssim_weight} + {self.gms_weight} is over 1 "
                              "(L2 weighs the rest)")
+        if not (self.level_ring % 2 and self.level_hole % 2 and self.level_hole < self.level_ring):
+            raise ValueError(f"level_ring {self.level_ring}, level_hole {self.level_hole}: both must be odd, the "
+                             "hole smaller than the ring (a window centred on each cell)")
         return self
 
 
@@ -225,6 +232,9 @@ class Params(Section):
                               ("perceptual_weight", "the perceptual error")):
                 if getattr(self.eval, key):
                     raise ValueError(f"eval.{key}: {what} compares images and model.target is features; set it to 0")
+        elif self.eval.error_level != "none":
+            raise ValueError("eval.error_level: the error level reads the backbone's feature cells and model.target "
+                             "is pixels; set it to none")
         if self.model.arch.image_size > self.data.image_size:
             raise ValueError(f"data.image_size: {self.data.image_size} is smaller than the model's "
                              f"image_size {self.model.arch.image_size}; prepare at least that size")

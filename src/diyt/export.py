@@ -4,7 +4,8 @@ At inference the complementary masks are fixed (`diyt.eval.scoring.partitions`, 
 every index that the eager model derives from a mask (`visible_indices`) is a constant of the graph: the graph is
 normalise -> patchify -> K hidden-patch passes (one batch of K*N) -> keep each patch from the pass that hid it ->
 error (for each of the R partitions, averaged) -> bilinear upsampling -> Gaussian smoothing -> per-position
-z-scores (when the bundle has them) -> image score.
+z-scores (when the bundle has them) -> image score; with an error level, the image score comes from the error
+divided by the level, upsampled, smoothed and z-scored alike against its own statistics.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class ScoringGraph(nn.Module):
     """
 
     def __init__(self, model: MaskedAutoencoder, scoring: ScoringConfig, out_size: int, normalize: str,
-                 position: PositionStats | None = None) -> None:
+                 position: PositionStats | None = None, level: nn.Module | None = None,
+                 score_position: PositionStats | None = None) -> None:
         super().__init__()
         self.model, self.scoring, self.out_size = model, scoring, out_size
         parts = partitions(model.num_patches, scoring)  # (R, K, L)
@@ -69,26 +71,39 @@ class ScoringGraph(nn.Module):
         self.smooth = SeparableBlur.smoothing(scoring.sigma)
         self.ssim_blur = SeparableBlur(SSIM_WINDOW, SSIM_SIGMA)
         self.map_norm = PositionNorm(position) if position is not None else nn.Identity()
+        self.level = level
+        self.score_norm = PositionNorm(score_position) if score_position is not None else nn.Identity()
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ScoringGraph:
-        return cls(bundle.model, bundle.scoring, bundle.out_size, bundle.preprocess.normalize, bundle.position)
+        return cls(bundle.model, bundle.scoring, bundle.out_size, bundle.preprocess.normalize, bundle.position,
+                   bundle.error_level, bundle.score_position)
 
-    def errors(self, images: Tensor) -> Tensor:
-        """(N, C, h, w) -> the error maps of the R partitions (R, N, rows, cols), as `score_images` computes them."""
+    def errors(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, C, h, w) -> the error maps of the R partitions (R, N, rows, cols), as `score_images` computes them,
+        and the target map."""
         tokens, target = self.model.patchify(images)  # (N, L, D), (N, L, T): once, not once per pass
         target_map = self.model.unpatchify(target.float())
         return torch.stack([
             error_map(target_map, self.model.unpatchify(merge_passes(self.model, tokens, target, self.ids_keep[r],
                                                                      self.ids_restore[r], self.keep[r])),
                       self.scoring.ssim_weight, self.scoring.gms_weight, self.ssim_blur)
-            for r in range(self.repeats)])
+            for r in range(self.repeats)]), target_map
 
     def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         images = (pixels - self.mean) / self.std
-        _, maps = reduce_errors(self.errors(images), self.scoring, self.out_size, lambda m, _: self.smooth(m))
+        errors, target = self.errors(images)
+        _, maps = reduce_errors(errors, self.scoring, self.out_size, self._smooth)
         maps = self.map_norm(maps)
-        return image_scores(maps, self.scoring.image_score, self.scoring.topk_fraction), maps
+        score_maps = maps
+        if self.level is not None:
+            _, score_maps = reduce_errors(errors / torch.exp(self.level(target)), self.scoring, self.out_size,
+                                          self._smooth)
+            score_maps = self.score_norm(score_maps)
+        return image_scores(score_maps, self.scoring.image_score, self.scoring.topk_fraction), maps
+
+    def _smooth(self, maps: Tensor, _: float) -> Tensor:
+        return self.smooth(maps)
 
 
 def export_onnx(bundle: Bundle, out: str | Path, opset: int = OPSET, verify: bool = True) -> Path:
@@ -108,6 +123,8 @@ def export_onnx(bundle: Bundle, out: str | Path, opset: int = OPSET, verify: boo
                         "`diyt predict`, or evaluate with eval.perceptual_weight: 0 to export")
     out = Path(out)
     bundle.model.cpu().float().eval()
+    if bundle.error_level is not None:
+        bundle.error_level.cpu()
     graph = ScoringGraph.from_bundle(bundle).eval()
     size = bundle.preprocess.image_size
     pixels = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)  # (N, S, S, 3)

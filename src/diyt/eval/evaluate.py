@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -19,8 +20,9 @@ from diyt.data.layout import Row
 from diyt.errors import DataError
 from diyt.eval import metrics
 from diyt.eval.knn import cell_features, fit_bank, knn_scores
+from diyt.eval.level import ErrorLevel, fit_error_level
 from diyt.eval.normalize import PositionStats, normalize_leave_one_out, normalize_maps, position_stats
-from diyt.eval.scoring import Scores, ScoringConfig, image_scores, partitions, score_images
+from diyt.eval.scoring import Scores, ScoringConfig, cell_errors, image_scores, partitions, score_images
 from diyt.eval.thresholds import image_threshold, pixel_threshold
 from diyt.model import MaskedAutoencoder
 from diyt.model.backbone import FeatureSource
@@ -44,6 +46,8 @@ class Evaluation:
     metrics: dict
     position_stats: PositionStats | None = None  # (H, W) maps the test maps were z-scored with, if any
     memory_bank: torch.Tensor | None = None  # (m, C) when the maps are the kNN scorer's
+    error_level: ErrorLevel | None = None  # when the image scores are the errors against their expected level
+    score_stats: PositionStats | None = None  # (H, W) what those score maps were z-scored with, if any
 
 
 BatchScorer = Callable[[torch.Tensor], Scores]  # normalised images (N, 3, h, w) -> Scores on the CPU
@@ -62,7 +66,7 @@ def score_dataset(score: BatchScorer, dataset: AnomalyDataset, batch_size: int, 
 def score_batches(score: BatchScorer, batches: list[torch.Tensor], desc: str) -> Scores:
     """Score a list of input batches; results on the CPU, concatenated in order."""
     out = [score(batch) for batch in tqdm(batches, desc=desc, unit="batch", leave=False)]
-    return Scores(*(torch.cat(ts) for ts in zip(*out)))
+    return Scores(*(None if ts[0] is None else torch.cat(ts) for ts in zip(*out)))
 
 
 def scorer_inputs(model: MaskedAutoencoder, dataset: AnomalyDataset, batch_size: int,
@@ -79,11 +83,29 @@ def scorer_inputs(model: MaskedAutoencoder, dataset: AnomalyDataset, batch_size:
 
 
 def reconstruction_scorer(model: MaskedAutoencoder, config: ScoringConfig, out_size: int, device: torch.device,
-                          normalize: Normalize | None = None) -> BatchScorer:
+                          normalize: Normalize | None = None, level: ErrorLevel | None = None) -> BatchScorer:
     """DiyT's own scorer: multi-mask reconstruction error (`score_batch` with the config's partitions)."""
     parts = partitions(model.num_patches, config)
     return partial(score_batch, model, config=config, out_size=out_size, parts=parts, device=device,
-                   normalize=normalize)
+                   normalize=normalize, level=level)
+
+
+def fit_level(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringConfig, params: EvalParams,
+              device: torch.device, map_cache: MapCache | None = None) -> ErrorLevel:
+    """The error level (`diyt.eval.level`) fitted to the train normals' feature maps and their own scoring
+    errors (each cell's, averaged over the R partitions, before upsampling and smoothing)."""
+    source = model.source
+    if not isinstance(source, FeatureSource):
+        raise DataError("eval.error_level: the error level reads the backbone's feature cells and model.target "
+                        "is pixels; set it to none")
+    maps = source.standardized((map_cache or MapCache()).raw_maps(source, train, device))
+    parts = partitions(model.num_patches, config).to(device)
+    errors = []
+    for batch in tqdm(maps.split(params.batch_size), desc="train errors", unit="batch", leave=False):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            errors.append(cell_errors(model, batch.to(device), config, parts)[0].float().mean(dim=0).cpu())
+    return fit_error_level(maps, torch.cat(errors), params.level_ring, params.level_hole, params.level_steps,
+                           params.seed, device)
 
 
 def knn_scorer(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringConfig, out_size: int,
@@ -103,15 +125,17 @@ def knn_scorer(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringC
 
 
 def score_batch(model: MaskedAutoencoder, images: torch.Tensor, config: ScoringConfig, out_size: int,
-                parts: torch.Tensor, device: torch.device, normalize: Normalize | None = None) -> Scores:
+                parts: torch.Tensor, device: torch.device, normalize: Normalize | None = None,
+                level: ErrorLevel | None = None) -> Scores:
     """Score one batch of images (N, 3, h, w) normalised as `normalize` says, on `device` (bf16 autocast on
-    CUDA); results on the CPU.
+    CUDA), the image scores against an error `level` if given; results on the CPU.
 
     The one scoring call of both the evaluation and `diyt predict`, so the two agree bit for bit.
     """
+    level = level.to(device) if level is not None else None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        scores = score_images(model, images.to(device), config, out_size, parts, normalize)
-    return Scores(*(t.float().cpu() for t in scores))
+        scores = score_images(model, images.to(device), config, out_size, parts, normalize, level)
+    return Scores(*(None if t is None else t.float().cpu() for t in scores))
 
 
 def _to_uint8(images: torch.Tensor, normalize: str) -> np.ndarray:
@@ -148,17 +172,26 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
         raise DataError(f"{category_dir}: no validation images to choose thresholds on; raise data.val_fraction")
     out_size = out_size or _prepared_size(test)
     masks = np.stack([test.mask(i, out_size) for i in range(len(test))])  # (N, H, W), read once for any scorer
-    bank = knn = None
-    if params.scorer != "reconstruction":
+    bank = knn = level = train = None
+    fit = params.scorer != "knn" and params.error_level == "context"
+    if params.scorer != "reconstruction" or fit:
         train = AnomalyDataset(category_dir, ["train"], size, normalize)
+    if params.scorer != "reconstruction":
         knn, bank = knn_scorer(model, train, config, out_size, params.knn_coreset, params.batch_size, device,
                                map_cache)
+    level_seconds = None
+    if fit:
+        began = time.perf_counter()
+        level = fit_level(model, train, config, params, device, map_cache)
+        level_seconds = time.perf_counter() - began
     inputs = {split: scorer_inputs(model, data, params.batch_size, device) for split, data in
               (("val", val), ("test", test))}
     if params.scorer == "knn":
         return _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank)
-    ev = _evaluate(reconstruction_scorer(model, config, out_size, device, normalize), inputs, model, val, test,
-                   masks, normalize, params, category_dir)
+    ev = _evaluate(reconstruction_scorer(model, config, out_size, device, normalize, level), inputs, model, val,
+                   test, masks, normalize, params, category_dir, level=level)
+    if level is not None:  # fitted on train normals after training: part of the training's time
+        ev.metrics["error_level_fit_seconds"] = round(level_seconds, 2)
     if knn is not None:
         reference = _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank).metrics
         ev.metrics["reference"] = {"knn": {k: v for k, v in reference.items() if k in REFERENCE_KEYS}}
@@ -170,14 +203,15 @@ REFERENCE_KEYS = ("image_auroc", "image_ap", "f1", "f1_max", "pixel_auroc", "aup
 
 def _evaluate(score: BatchScorer, inputs: dict[str, list[torch.Tensor]], model: MaskedAutoencoder,
               val: AnomalyDataset, test: AnomalyDataset, masks: np.ndarray, normalize: str, params: EvalParams,
-              category_dir: Path, bank: torch.Tensor | None = None) -> Evaluation:
+              category_dir: Path, bank: torch.Tensor | None = None, level: ErrorLevel | None = None) -> Evaluation:
     """One scorer on the validation normals (thresholds, map statistics) and the test split (metrics);
     `inputs` holds both splits' batches (`scorer_inputs`)."""
     val_scores = score_batches(score, inputs["val"], "score val")
     test_scores = score_batches(score, inputs["test"], "score test")
-    stats = None
+    stats = score_stats = None
     if params.normalize_maps == "position":
-        stats, val_scores, test_scores = _normalize_by_position(val_scores, test_scores, params, category_dir)
+        (stats, score_stats), val_scores, test_scores = _normalize_by_position(val_scores, test_scores, params,
+                                                                               category_dir)
     t_image = image_threshold(val_scores.score.numpy(), params.threshold, params.threshold_quantile,
                               params.threshold_k)
     t_pixel = pixel_threshold(val_scores.anomaly_map.numpy(), params.threshold, params.threshold_quantile,
@@ -196,23 +230,33 @@ def _evaluate(score: BatchScorer, inputs: dict[str, list[torch.Tensor]], model: 
                    num_test_normal=int((labels == 0).sum()), num_test_defective=int(labels.sum()),
                    num_val=len(val))
     return Evaluation(test.rows, labels, scores, maps, masks, test.images.permute(0, 2, 3, 1).numpy(),
-                      recon_images, val_scores.score.numpy(), t_image, t_pixel, summary, stats, bank)
+                      recon_images, val_scores.score.numpy(), t_image, t_pixel, summary, stats, bank, level,
+                      score_stats)
 
 
-def _normalize_by_position(val: Scores, test: Scores, params: EvalParams,
-                           category_dir: Path) -> tuple[PositionStats, Scores, Scores]:
-    """Maps z-scored per pixel: test against all validation maps, each validation map leave-one-out; rescored."""
+def _normalize_by_position(val: Scores, test: Scores, params: EvalParams, category_dir: Path
+                           ) -> tuple[tuple[PositionStats, PositionStats | None], Scores, Scores]:
+    """Maps z-scored per pixel: test against all validation maps, each validation map leave-one-out; rescored
+    from the z-scored score maps, which have their own statistics when they are not the anomaly maps."""
     if len(val.score) < 3:
         raise DataError(f"{category_dir}: eval.normalize_maps 'position' needs at least 3 validation images, "
                         f"got {len(val.score)}; raise data.val_fraction or set it to 'none'")
-    stats = position_stats(val.anomaly_map, params.normalize_std_floor)
-    val_maps = normalize_leave_one_out(val.anomaly_map, params.normalize_std_floor)  # (N_val, H, W)
-    test_maps = normalize_maps(test.anomaly_map, stats)  # (N_test, H, W)
 
-    def rescored(scores: Scores, maps: torch.Tensor) -> Scores:
-        return Scores(image_scores(maps, params.image_score, params.topk_fraction), maps, scores.reconstruction)
+    def z_scored(val_maps: torch.Tensor, test_maps: torch.Tensor) -> tuple[PositionStats, torch.Tensor, torch.Tensor]:
+        stats = position_stats(val_maps, params.normalize_std_floor)
+        return (stats, normalize_leave_one_out(val_maps, params.normalize_std_floor),  # (N_val, H, W)
+                normalize_maps(test_maps, stats))  # (N_test, H, W)
 
-    return stats, rescored(val, val_maps), rescored(test, test_maps)
+    stats, val_maps, test_maps = z_scored(val.anomaly_map, test.anomaly_map)
+    score_stats, val_score_maps, test_score_maps = None, val_maps, test_maps
+    if val.score_map is not None:
+        score_stats, val_score_maps, test_score_maps = z_scored(val.score_map, test.score_map)
+
+    def rescored(scores: Scores, maps: torch.Tensor, score_maps: torch.Tensor) -> Scores:
+        score = image_scores(score_maps, params.image_score, params.topk_fraction)
+        return Scores(score, maps, scores.reconstruction, None if score_maps is maps else score_maps)
+
+    return (stats, score_stats), rescored(val, val_maps, val_score_maps), rescored(test, test_maps, test_score_maps)
 
 
 def _prepared_size(dataset: AnomalyDataset) -> int:

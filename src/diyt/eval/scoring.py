@@ -29,6 +29,7 @@ class Scores(NamedTuple):
     score: Tensor  # (N,) image anomaly scores
     anomaly_map: Tensor  # (N, H, W) at the output (mask) resolution
     reconstruction: Tensor  # (N, C, h, w) in the model's input space
+    score_map: Tensor | None = None  # (N, H, W) the maps `score` was taken from when not anomaly_map (error level)
 
 
 @dataclass(frozen=True)
@@ -225,19 +226,33 @@ def image_scores(maps: Tensor, how: str, topk_fraction: float) -> Tensor:
 
 
 @torch.no_grad()
-def score_images(model: MaskedAutoencoder, images: Tensor, config: ScoringConfig, out_size: int,
-                 parts: Tensor | None = None, normalize: Normalize | None = None) -> Scores:
-    """Anomaly maps (N, out_size, out_size), image scores and reconstructions of a batch of images normalised as
-    `normalize` says (which the perceptual error undoes)."""
-    parts = partitions(model.num_patches, config) if parts is None else parts
+def cell_errors(model: MaskedAutoencoder, images: Tensor, config: ScoringConfig, parts: Tensor,
+                normalize: Normalize | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The R partitions' per-cell errors (R, N, h, w) of a batch, its mean reconstruction and the target (the
+    images, or for features their maps)."""
     errors, recons = [], []
     for masks in parts:
         recon, target = reconstruct(model, images, masks)
         recons.append(recon)
         errors.append(error_map(target, recon, config.ssim_weight, config.gms_weight,
                                 perceptual_weight=config.perceptual_weight, normalize=normalize))
-    score, maps = reduce_errors(torch.stack(errors), config, out_size)
-    return Scores(score, maps, torch.stack(recons).mean(dim=0))
+    return torch.stack(errors), torch.stack(recons).mean(dim=0), target
+
+
+@torch.no_grad()
+def score_images(model: MaskedAutoencoder, images: Tensor, config: ScoringConfig, out_size: int,
+                 parts: Tensor | None = None, normalize: Normalize | None = None,
+                 level: nn.Module | None = None) -> Scores:
+    """Anomaly maps (N, out_size, out_size), image scores and reconstructions of a batch of images normalised as
+    `normalize` says (which the perceptual error undoes). With an error `level` (`diyt.eval.level`), the image
+    scores come from the errors divided by the level it expects from each cell's context (`score_map`)."""
+    parts = partitions(model.num_patches, config) if parts is None else parts
+    errors, recon, target = cell_errors(model, images, config, parts, normalize)
+    score, maps = reduce_errors(errors, config, out_size)
+    score_map = None
+    if level is not None:
+        score, score_map = reduce_errors(errors / torch.exp(level(target)), config, out_size)
+    return Scores(score, maps, recon, score_map)
 
 
 def reduce_errors(errors: Tensor, config: ScoringConfig, out_size: int,
