@@ -90,16 +90,25 @@ def reconstruction_scorer(model: MaskedAutoencoder, config: ScoringConfig, out_s
                    normalize=normalize, level=level)
 
 
-def fit_level(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringConfig, params: EvalParams,
-              device: torch.device, map_cache: MapCache | None = None) -> ErrorLevel:
-    """The error level (`diyt.eval.level`) fitted to the train normals' feature maps and their own scoring
-    errors (each cell's, averaged over the R partitions, before upsampling and smoothing)."""
-    source = model.source
-    if not isinstance(source, FeatureSource):
+def train_cells(model: MaskedAutoencoder, train: AnomalyDataset, batch_size: int, device: torch.device,
+                map_cache: MapCache | None = None) -> torch.Tensor:
+    """The train normals' cells (N, C, rows, cols) on the CPU: for a backbone its standardised maps (from
+    `map_cache` when the training stages left them there), for pixels each patch's values (`cell_features`)."""
+    if isinstance(model.source, FeatureSource):
+        return model.source.standardized((map_cache or MapCache()).raw_maps(model.source, train, device))
+    with torch.no_grad():
+        return torch.cat([cell_features(model, batch.to(device)).float().cpu() for batch in
+                          tqdm(image_batches(train, batch_size), desc="train cells", unit="batch", leave=False)])
+
+
+def fit_level(model: MaskedAutoencoder, maps: torch.Tensor, config: ScoringConfig, params: EvalParams,
+              device: torch.device) -> ErrorLevel:
+    """The error level (`diyt.eval.level`) fitted to the train normals' feature maps (`train_cells`) and their
+    own scoring errors (each cell's, averaged over the R partitions, before upsampling and smoothing)."""
+    if not isinstance(model.source, FeatureSource):
         raise DataError("eval.error_level: the error level reads the backbone's feature cells and model.target "
                         "is pixels; set it to none")
-    maps = source.standardized((map_cache or MapCache()).raw_maps(source, train, device))
-    parts = partitions(model.num_patches, config).to(device)
+    parts = partitions(model.num_patches, config)
     errors = []
     for batch in tqdm(maps.split(params.batch_size), desc="train errors", unit="batch", leave=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -109,18 +118,12 @@ def fit_level(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringCo
 
 
 def knn_scorer(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringConfig, out_size: int,
-               coreset: float, batch_size: int, device: torch.device,
-               map_cache: MapCache | None = None) -> tuple[BatchScorer, torch.Tensor]:
-    """The kNN reference: a memory bank of the train normals' feature cells, and the scorer that uses it. A
-    backbone's train maps come from `map_cache` when the training stages left them there."""
-    if isinstance(model.source, FeatureSource):  # its cells are the standardised maps
-        features = model.source.standardized((map_cache or MapCache()).raw_maps(model.source, train, device))
-    else:
-        with torch.no_grad():
-            features = torch.cat([cell_features(model, batch.to(device)).float().cpu() for batch in
-                                  tqdm(image_batches(train, batch_size), desc="kNN memory bank", unit="batch",
-                                       leave=False)])
-    bank = fit_bank(features, coreset, config.seed).to(device)
+               coreset: float, batch_size: int, device: torch.device, map_cache: MapCache | None = None,
+               cells: torch.Tensor | None = None) -> tuple[BatchScorer, torch.Tensor]:
+    """The kNN reference: a memory bank of the train normals' cells (`train_cells`, unless the caller holds
+    them), and the scorer that uses it."""
+    cells = train_cells(model, train, batch_size, device, map_cache) if cells is None else cells
+    bank = fit_bank(cells, coreset, config.seed).to(device)
     return partial(knn_scores, model, bank=bank, config=config, out_size=out_size, device=device), bank
 
 
@@ -172,17 +175,18 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
         raise DataError(f"{category_dir}: no validation images to choose thresholds on; raise data.val_fraction")
     out_size = out_size or _prepared_size(test)
     masks = np.stack([test.mask(i, out_size) for i in range(len(test))])  # (N, H, W), read once for any scorer
-    bank = knn = level = train = None
+    bank = knn = level = cells = None
     fit = params.scorer != "knn" and params.error_level == "context"
-    if params.scorer != "reconstruction" or fit:
+    if params.scorer != "reconstruction" or fit:  # both read the train cells: computed (or read) once
         train = AnomalyDataset(category_dir, ["train"], size, normalize)
+        cells = train_cells(model, train, params.batch_size, device, map_cache)
     if params.scorer != "reconstruction":
         knn, bank = knn_scorer(model, train, config, out_size, params.knn_coreset, params.batch_size, device,
-                               map_cache)
+                               cells=cells)
     level_seconds = None
     if fit:
         began = time.perf_counter()
-        level = fit_level(model, train, config, params, device, map_cache)
+        level = fit_level(model, cells, config, params, device)
         level_seconds = time.perf_counter() - began
     inputs = {split: scorer_inputs(model, data, params.batch_size, device) for split, data in
               (("val", val), ("test", test))}
