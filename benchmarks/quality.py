@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         model_minutes = train_all(params, dataset_dir, work).train_seconds / 60
         results = evaluate_all(params, dataset_dir, work)
         device = pick_device(params.train.device)
-    level_minutes = sum(m.get("error_level_fit_seconds", 0.0) for m in results.values()) / 60
+    level_minutes = sum(m["error_level_fit_seconds"] for m in results.values()) / 60
     train_minutes = model_minutes + level_minutes
     scorer = "kNN" if params.eval.scorer == "knn" else "reconstruction"
     references = {c: m["reference"]["knn"] for c, m in results.items() if "reference" in m}  # scorer: both

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the training stages' folder of backbone train maps, for the kNN memory bank")
     parser.add_argument("--timing", type=Path, default=None, help="reports/timings/<stage>.json: wall time")
     args = parser.parse_args(argv)
-    with stage_timer(args.timing, f"evaluate@{args.data.name}"):
+    with stage_timer(args.timing, f"evaluate@{args.data.name}") as parts:
         params = load_params(args.params)
         device = pick_device(params.train.device)
         trained = load_trained(args.model, device)
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
                                map_cache=MapCache(args.feature_cache))
         write_evaluation(ev, args.metrics, args.plots, args.figures)
         write_bundle(args.bundle, args.model, ev, params.eval, args.data)
+        if ev.level_seconds is not None:
+            parts["error_level_fit_seconds"] = ev.level_seconds
         m = ev.metrics
         print(f"{args.data.name}: image AUROC {m['image_auroc']:.3f}  AUPRO {m['aupro']:.3f}  "
               f"pixel AUROC {m['pixel_auroc']:.3f}  F1 {m['f1']:.3f}")

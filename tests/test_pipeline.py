@@ -52,6 +52,13 @@ def test_full_chain_then_targeted_reruns(repo):
     assert "Data and pipelines are up to date" in repo.dvc("status").stdout
     assert _ran(repo.dvc("repro").stdout) == set()
 
+    metrics = repo.path / "reports/synthetic/categories/weave/metrics.json"
+    before = metrics.read_bytes()
+    assert _ran(repo.dvc("repro", "-f", "-s", "evaluate@weave").stdout) == {"evaluate@weave"}
+    assert metrics.read_bytes() == before  # a rerun reproduces its metrics: no wall time in them
+    timing = json.loads((repo.path / "reports/timings/evaluate@weave.json").read_text())
+    assert timing["stage"] == "evaluate@weave" and 0 < timing["error_level_fit_seconds"] < timing["seconds"]
+
     repo.set_params(eval__sigma=2.0)
     assert _ran(repo.dvc("repro").stdout) == {"evaluate@weave", "evaluate@nut", "report"}
 

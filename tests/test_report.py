@@ -224,6 +224,14 @@ def test_stage_timings_are_written_by_rank_zero_only(tmp_path, monkeypatch):
     assert read_timings(tmp_path / "absent") == []
 
 
+def test_a_stage_timing_carries_the_seconds_of_its_parts(tmp_path):
+    with stage_timer(tmp_path / "evaluate@nut.json", "evaluate@nut") as parts:
+        parts["error_level_fit_seconds"] = 0.25
+    record = json.loads((tmp_path / "evaluate@nut.json").read_text())
+    assert record["error_level_fit_seconds"] == 0.25 and record["seconds"] >= 0
+    assert [t["stage"] for t in read_timings(tmp_path)] == ["evaluate@nut"]  # the report reads it as any other
+
+
 def test_bold_rows_leave_empty_cells_empty():
     table = Table(["stage", "seconds", "host"], [["pretrain", "110", "cpu"], ["total", "110", ""]], bold_rows=(1,))
     assert table_markdown(table).splitlines()[-1] == "| **total** | **110** |  |"

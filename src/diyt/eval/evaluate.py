@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -48,6 +48,7 @@ class Evaluation:
     memory_bank: torch.Tensor | None = None  # (m, C) when the maps are the kNN scorer's
     error_level: ErrorLevel | None = None  # when the image scores are the errors against their expected level
     score_stats: PositionStats | None = None  # (H, W) what those score maps were z-scored with, if any
+    level_seconds: float | None = None  # wall time fitting the error level (part of the training's time)
 
 
 BatchScorer = Callable[[torch.Tensor], Scores]  # normalised images (N, 3, h, w) -> Scores on the CPU
@@ -194,8 +195,7 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
         return _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank)
     ev = _evaluate(reconstruction_scorer(model, config, out_size, device, normalize, level), inputs, model, val,
                    test, masks, normalize, params, category_dir, level=level)
-    if level is not None:  # fitted on train normals after training: part of the training's time
-        ev.metrics["error_level_fit_seconds"] = round(level_seconds, 2)
+    ev = replace(ev, level_seconds=level_seconds)  # wall time: the stage's timing records it, not metrics.json
     if knn is not None:
         reference = _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank).metrics
         ev.metrics["reference"] = {"knn": {k: v for k, v in reference.items() if k in REFERENCE_KEYS}}

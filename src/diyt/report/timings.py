@@ -42,21 +42,26 @@ def hardware() -> dict[str, object]:
             "gpus": gpus, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def record_stage_time(path: str | os.PathLike | None, stage: str, seconds: float) -> None:
-    """Write `path` (a `<timings>/<stage>.json`) atomically; under torchrun only rank 0 writes; None: nothing."""
+def record_stage_time(path: str | os.PathLike | None, stage: str, seconds: float,
+                      parts: dict[str, float] | None = None) -> None:
+    """Write `path` (a `<timings>/<stage>.json`) atomically; under torchrun only rank 0 writes; None: nothing.
+    `parts` names the seconds of steps within the stage (the evaluation's `error_level_fit_seconds`)."""
     if path is None or os.environ.get("RANK", "0") != "0":
         return
     write_json(path, {"stage": stage, "seconds": round(float(seconds), 3),
                       "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                      "hardware": hardware()})
+                      "hardware": hardware(), **{k: round(float(v), 3) for k, v in (parts or {}).items()}})
 
 
 @contextlib.contextmanager
-def stage_timer(path: str | os.PathLike | None, stage: str) -> Iterator[None]:
-    """`with stage_timer(args.timing, "prepare"): ...` records the block's wall time if it succeeds."""
+def stage_timer(path: str | os.PathLike | None, stage: str) -> Iterator[dict[str, float]]:
+    """`with stage_timer(args.timing, "prepare") as parts: ...` records the block's wall time if it succeeds,
+    with whatever seconds the block puts in `parts`. Wall times live here, never in a metrics file (where they
+    would make every rerun differ)."""
     start = time.perf_counter()
-    yield
-    record_stage_time(path, stage, time.perf_counter() - start)
+    parts: dict[str, float] = {}
+    yield parts
+    record_stage_time(path, stage, time.perf_counter() - start, parts)
 
 
 def read_timings(timings_dir: str | os.PathLike) -> list[dict]:
