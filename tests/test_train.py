@@ -27,6 +27,7 @@ from diyt.errors import DiytError
 from diyt.model import build_model
 from diyt.train import Batches, Checkpointing, lr_at, peak_lr, run_phase, train, train_images
 from diyt.model.blocks import attention
+from diyt.train.checkpoint import RunState, read_run, resume, save_checkpoint
 from diyt.train.distributed import Runtime, cpu_has_bf16_matmul, start
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,6 +301,25 @@ def test_files_are_safetensors_and_nothing_is_pickled(dataset_dir, tmp_path):
     state = load_file(tmp_path / "checkpoint" / "checkpoint.safetensors")
     assert {"rng.torch", "rng.masking", "rng.numpy", "rng.python"} <= state.keys()
     assert any(k.startswith("optim.") and k.endswith(".exp_avg_sq") for k in state)
+
+
+def test_a_checkpoint_is_written_byte_for_byte_alike_and_reads_back(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    run = RunState(1, 2, {"phase": "pretrain", "train": {"seed": 0, "steps": 2}, "data": {"path": "données"}})
+    paths = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for path in paths:  # the library alone writes its metadata in another order each time
+        save_checkpoint(path, model=model, optimizer=optimizer, generator=torch.Generator().manual_seed(0), run=run)
+    assert len({path.read_bytes() for path in paths}) == 1
+    assert read_run(paths[0]) == run
+    other = torch.nn.Linear(3, 2)
+    other_optimizer = torch.optim.AdamW(other.parameters())
+    resume(paths[0], model=other, optimizer=other_optimizer, generator=torch.Generator())
+    assert torch.equal(other.weight, model.weight) and torch.equal(other.bias, model.bias)
+    theirs, ours = other_optimizer.state_dict()["state"][0], optimizer.state_dict()["state"][0]
+    assert torch.equal(theirs["exp_avg_sq"], ours["exp_avg_sq"])
 
 
 def test_non_finite_loss_stops_naming_step_and_batch(dataset_dir, tmp_path):

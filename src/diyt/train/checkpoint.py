@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import safetensors
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 from torch import nn
 
 from diyt.errors import DiytError
@@ -121,6 +121,21 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, t
 
 
 # --------------------------------------------------------------------------------------------- checkpoint
+def save_sorted(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' `save_file` with the metadata in sorted order. The library writes it in hash order, which
+    changes from call to call, so the same training state would give other bytes every time (and DVC a new
+    cache entry for an identical checkpoint); the tensors and their offsets are kept as they are."""
+    blob = save(tensors, metadata=metadata)
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned, as the library pads it
+    with open(path, "wb") as f:  # the tensors' bytes written from the blob, not copied again
+        f.write(len(text).to_bytes(8, "little") + text)
+        f.write(memoryview(blob)[8 + size :])
+
+
 @dataclass(frozen=True)
 class RunState:
     """What a checkpoint says about its run."""
@@ -142,7 +157,7 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
     meta = {"format": FORMAT, "step": str(run.step), "total_steps": str(run.total_steps),
             "digest": fingerprint_digest(run.fingerprint), "fingerprint": json.dumps(run.fingerprint)} | rng_meta
     with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=meta)
+        save_sorted(tensors, tmp, meta)
 
 
 def read_run(path: Path) -> RunState | None:
