@@ -13,6 +13,8 @@ Usage (from the project root):
 `--minutes` is the training budget: the run says whether pre-training, fine-tuning and fitting the error level
 (`eval.error_level`, fitted to the train normals in the evaluation) stayed within it.
 `--set key=value` overrides any param (as `dvc exp run -S`). `--work DIR` keeps the prepared data and models.
+`--set data.split_by=part` splits by tile: the split by image puts most test tiles' twins (the same tile under
+another of the dataset's six setups) in train (README, "The split by image puts the same tiles in train and test").
 """
 
 from __future__ import annotations

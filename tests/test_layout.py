@@ -65,6 +65,32 @@ def test_validation_split_is_seeded_and_order_free():
     assert len(validation_names(["a", "b"], 0.9, 0)) == 1  # always leave one to train on
 
 
+def test_validation_split_by_part_keeps_each_part_on_one_side():
+    names = [f"{i:03d}" for i in range(60)]
+    parts = {name: f"part{int(name) // 6}" for name in names}  # ten parts of six images
+    held = validation_names(names, 0.2, 0, parts)
+    assert len(held) == 12  # whole parts until round(0.2 * 60) images: exactly two parts here
+    assert {parts[n] for n in held}.isdisjoint({parts[n] for n in names if n not in held})
+    assert held == validation_names(list(reversed(names)), 0.2, 0, parts)
+    assert held != validation_names(names, 0.2, 1, parts)
+    # one image per part (or no parts given) is the image split itself, image for image
+    assert validation_names(names, 0.2, 3, {n: n for n in names}) == validation_names(names, 0.2, 3)
+    # uneven parts: at least the count, and never every part (one is left to train on)
+    uneven = {name: "big" if int(name) < 50 else f"small{name}" for name in names}
+    held = validation_names(names, 0.5, 0, uneven)
+    assert len(held) >= 30 and {uneven[n] for n in names} - {uneven[n] for n in held}
+    assert validation_names(names, 0.9, 0, {n: "one" for n in names}) == set()  # one part: nothing held out
+
+
+def test_validation_split_of_write_category_follows_parts(tmp_path):
+    samples = [Sample(f"{i:03d}", "train", "good", lambda i=i: _image(10 * i), None, f"train {i}",
+                      part=f"p{i // 2}") for i in range(10)]
+    samples.append(Sample("000", "test", "scratch", lambda: _image(9), lambda: _mask(), "scratch 0"))
+    rows = write_category(samples, tmp_path / "cat", 32, 0.2, 0)
+    val = {r.path.split("/")[-1][:3] for r in rows if r.split == "val"}
+    assert len(val) == 2 and len({int(v) // 2 for v in val}) == 1  # one part of two images
+
+
 def test_same_input_gives_byte_identical_files(tmp_path):
     write_category(_samples(), tmp_path / "a", 32, 0.2, 0)
     write_category(_samples(), tmp_path / "b", 32, 0.2, 0)

@@ -13,7 +13,7 @@ from http_server import ArchiveServer, serve_spec, tar_bytes, zip_bytes
 from PIL import Image
 
 from diyt.config import DataParams
-from diyt.data.sources import Counts, load_samples
+from diyt.data.sources import Counts, load_samples, tile_parts
 from diyt.errors import DataError
 
 SHARED_MAGNETIC_TILE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile"
@@ -139,6 +139,39 @@ def test_magnetic_tile_github_archive(monkeypatch, server, tmp_path):
     _check_mask(next(s for s in samples if s.defect_type == "uneven"))
 
 
+def test_magnetic_tile_split_by_part(monkeypatch, server, tmp_path):
+    """Served as the real archive. In order of frame number the free tiles' setups run 0, 0, 0, 1, 1: a run
+    ends where the setup stops increasing, so exp0_num_3 and exp1_num_4 are one tile, the others one each."""
+    serve_spec(monkeypatch, server, "magnetic_tile", "mt.zip", _mt_zip(), counts={"tile": Counts(4, 1, 3)},
+               defect_counts={"tile": {"blowhole": 2, "uneven": 1}})
+    data = DataParams(source="magnetic_tile", categories=("tile",), split_by="part")
+    samples = load_samples(data, "tile", tmp_path)  # the counts check compares totals only
+    free = {s.name: s for s in samples if s.is_normal}
+    assert {n: s.part for n, s in free.items()} == {
+        "exp0_num_1": "exp0_num_1", "exp0_num_2": "exp0_num_2", "exp0_num_3": "exp0_num_3",
+        "exp1_num_4": "exp0_num_3", "exp1_num_5": "exp1_num_5"}
+    assert free["exp0_num_3"].split == free["exp1_num_4"].split
+    assert sum(s.split == "test" for s in free.values()) >= 1
+    assert all(s.part is None for s in samples if not s.is_normal)
+
+
+def test_tile_parts_follow_the_setup_runs():
+    stems = ["exp1_num_824", "exp2_num_834", "exp1_num_855", "exp2_num_887", "exp4_num_889", "exp3_num_913",
+             "exp4_num_933", "exp5_num_937", "exp5_num_964", "exp6_num_1012", "exp1_num_1810", "photo"]
+    parts = tile_parts(stems)
+    assert parts == {"exp1_num_824": "exp1_num_824", "exp2_num_834": "exp1_num_824",
+                     "exp1_num_855": "exp1_num_855", "exp2_num_887": "exp1_num_855", "exp4_num_889": "exp1_num_855",
+                     "exp3_num_913": "exp3_num_913", "exp4_num_933": "exp3_num_913", "exp5_num_937": "exp3_num_913",
+                     "exp5_num_964": "exp5_num_964", "exp6_num_1012": "exp5_num_964",
+                     "exp1_num_1810": "exp1_num_1810"}  # "photo" is not numbered: its own part
+
+
+def test_split_by_part_needs_a_source_that_knows_parts():
+    with pytest.raises(ValueError, match="split_by: 'part' needs a source that records which images show the "
+                                         "same part \\(magnetic_tile\\); synthetic does not"):
+        DataParams(split_by="part")
+
+
 def test_magnetic_tile_missing_mask(tmp_path):
     imgs = tmp_path / "mt" / "MT_Crack" / "Imgs"
     imgs.mkdir(parents=True)
@@ -172,6 +205,17 @@ def test_magnetic_tile_real_copy(tmp_path):
     for sample in by_type.values():
         _check_mask(sample)
     assert samples[0].load_image().mode == "RGB"
+
+    # by tile: its photographs (exp1..exp6 of one tile) never on both sides, the totals unchanged
+    by_part = load_samples(DataParams(source="magnetic_tile", path=str(SHARED_MAGNETIC_TILE),
+                                      categories=("tile",), split_by="part"), "tile", tmp_path)
+    free = [s for s in by_part if s.is_normal]
+    sides = {}
+    for s in free:
+        sides.setdefault(s.part, set()).add(s.split)
+    assert len(free) == 952 and all(len(v) == 1 for v in sides.values())
+    assert len(sides) == 170 and sum(len(v) for v in sides.values()) == 170
+    assert sum(s.split == "test" for s in free) == 191  # whole tiles until 20 % of 952 (190.4)
 
 
 # ---------------------------------------------------------------------------------------------- folder

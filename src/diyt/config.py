@@ -26,6 +26,7 @@ MVTEC_AD_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw",
     "tile", "toothbrush", "transistor", "wood", "zipper",
 )
+PART_SOURCES = ("magnetic_tile",)  # sources that know which images are photographs of the same part
 KNOWN_CATEGORIES: dict[str, tuple[str, ...] | None] = {
     "synthetic": ("weave", "stone", "nut"),
     "mvtec_ad": MVTEC_AD_CATEGORIES,
@@ -67,6 +68,7 @@ class DataParams(Section):
     image_size: Annotated[int, Field(ge=16, le=2048)] = 256  # storage resolution of data/prepared
     val_fraction: Fraction = 0.1  # of train-normal images, held out for thresholds
     split_seed: NonNegInt = 0
+    split_by: Literal["image", "part"] = "image"  # part: a part's photographs on one side of every split
     normalize: Literal["imagenet", "tf", "none"] = "imagenet"
     synthetic: SyntheticParams = SyntheticParams()
     augment: AugmentParams = AugmentParams()
@@ -83,6 +85,9 @@ class DataParams(Section):
                 if category not in known:
                     raise ValueError(f"categories: {category!r} is not a category of {self.source} "
                                      f"(allowed: {', '.join(known)})")
+        if self.split_by == "part" and self.source not in PART_SOURCES:
+            raise ValueError(f"split_by: 'part' needs a source that records which images show the same part "
+                             f"({', '.join(PART_SOURCES)}); {self.source} does not, so set it to image")
         if self.source == "folder" and not self.path:
             raise ValueError("path: data.source=folder needs data.path, a folder in MVTec AD layout")
         return self

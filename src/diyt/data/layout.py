@@ -12,7 +12,7 @@ is the truth) and is what thresholds are chosen on later.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,12 +37,25 @@ class Row:
     orig_height: int
 
 
-def validation_names(train_names: Sequence[str], fraction: float, seed: int) -> set[str]:
-    """The train-normal images held out for thresholds: a seeded, order-independent choice."""
+def validation_names(train_names: Sequence[str], fraction: float, seed: int,
+                     parts: Mapping[str, str] | None = None) -> set[str]:
+    """The train-normal images held out for thresholds: a seeded, order-independent choice of about
+    `fraction` of them, always leaving one part to train on. With `parts` (name -> part, a name not in it
+    being its own part), whole parts are held out, in a seeded order, until the count is reached: no part
+    is on both sides. Without parts, or with one image per part, the choice is the same."""
+    parts = parts or {}
     names = sorted(train_names)
-    count = min(max(1, round(fraction * len(names))), len(names) - 1) if len(names) > 1 else 0
-    rng = np.random.default_rng(seed)
-    return {names[i] for i in rng.permutation(len(names))[:count]}
+    groups = sorted({parts.get(name, name) for name in names})
+    count = min(max(1, round(fraction * len(names))), len(names) - 1) if len(groups) > 1 else 0
+    members: dict[str, list[str]] = {}
+    for name in names:
+        members.setdefault(parts.get(name, name), []).append(name)
+    held: set[str] = set()
+    for i in np.random.default_rng(seed).permutation(len(groups))[: len(groups) - 1]:
+        if len(held) >= count:
+            break
+        held.update(members[groups[i]])
+    return held
 
 
 def _check_counts(samples: Sequence[Sample], where: str) -> None:
@@ -67,7 +80,9 @@ def write_category(samples: Sequence[Sample], out: Path, image_size: int, val_fr
                    split_seed: int, desc: str = "") -> list[Row]:
     """Resize every sample to image_size x image_size and write the category under `out` with its manifest."""
     _check_counts(samples, desc or str(out))
-    val = validation_names([s.name for s in samples if s.split == "train"], val_fraction, split_seed)
+    train = [s for s in samples if s.split == "train"]
+    val = validation_names([s.name for s in train], val_fraction, split_seed,
+                           {s.name: s.part for s in train if s.part is not None})
     size = (image_size, image_size)
     rows = []
     for s in tqdm(samples, desc=f"prepare {desc}".strip(), unit="img", leave=False):

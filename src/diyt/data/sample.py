@@ -16,7 +16,9 @@ class Sample:
     """An image (and its defect mask) from any source, loaded lazily.
 
     `name` is a file stem unique within (split, defect_type); `origin` names the file (or generator call)
-    it came from, for error messages. A normal image has defect_type "good" and no mask.
+    it came from, for error messages. A normal image has defect_type "good" and no mask. `part` names the
+    physical part it shows where the source knows it (several photographs of one part share it), so that
+    `data.split_by: part` keeps a part's images on one side of every split; None: the image is its own part.
     """
 
     name: str
@@ -25,6 +27,7 @@ class Sample:
     load_image: Callable[[], Image.Image]
     load_mask: Callable[[], Image.Image] | None
     origin: str
+    part: str | None = None
 
     @property
     def is_normal(self) -> bool:
