@@ -49,3 +49,42 @@ def make_bundle(tmp: Path, params: EvalParams, category: str = "weave", model: d
     ev = evaluate_category(net, tmp / category, normalize, params, torch.device("cpu"))
     write_bundle(tmp / "bundle", tmp / "model", ev, params, tmp / category)
     return MicroBundle(tmp / "bundle", tmp / category, ev)
+
+
+def assert_part_guarded(bundle: Path, part: str, tmp: Path) -> None:
+    """A copy of `bundle` with `part` tampered with, then without it: load_bundle refuses both, naming the part."""
+    import shutil
+
+    import pytest
+
+    from diyt.bundle import load_bundle
+    from diyt.errors import DiytError
+
+    copy = tmp / "bundle"
+    shutil.copytree(bundle, copy)
+    data = (copy / part).read_bytes()
+    (copy / part).write_bytes(data[:-4] + bytes(4))
+    with pytest.raises(DiytError, match=rf"{part}: not the file this bundle was made with"):
+        load_bundle(copy)
+    (copy / part).unlink()
+    with pytest.raises(DiytError, match=rf"{part}: missing from the bundle"):
+        load_bundle(copy)
+
+
+def assert_scores_like_evaluation(micro: MicroBundle, tmp: Path) -> None:
+    """`diyt predict` on the bundle reproduces the evaluation's scores and maps bit for bit, its ONNX export to
+    float tolerance."""
+    import numpy as np
+
+    from diyt.bundle import load_bundle
+    from diyt.export import export_onnx
+    from diyt.predict import OnnxScorer, TorchScorer
+
+    ev, bundle = micro.evaluation, load_bundle(micro.bundle)
+    pixels = np.ascontiguousarray(ev.images)  # the test images at the model's size, as the evaluation saw them
+    score, maps = TorchScorer(bundle, torch.device("cpu"))(pixels)
+    np.testing.assert_array_equal(score, ev.scores)
+    np.testing.assert_array_equal(maps, ev.maps)
+    onnx_score, onnx_maps = OnnxScorer(export_onnx(bundle, tmp / "model.onnx"))(pixels)
+    np.testing.assert_allclose(onnx_score, score, rtol=1e-4, atol=1e-4 * float(np.abs(score).max()))
+    np.testing.assert_allclose(onnx_maps, maps, rtol=1e-4, atol=1e-5 * float(np.abs(maps).max()))

@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from diyt.bundle import ERROR_LEVEL, SCORE_STATS, load_bundle
+from diyt.bundle import ERROR_LEVEL, SCORE_STATS
 from diyt.config import EvalParams, parse_params
-from diyt.errors import ConfigError, DataError, DiytError
+from diyt.errors import ConfigError, DataError
 from diyt.eval.level import ErrorLevel, fit_error_level, level_loss
 from diyt.eval.scoring import ScoringConfig, score_images
-from diyt.export import export_onnx
 from diyt.model import build_model
-from diyt.predict import OnnxScorer, TorchScorer
-from micro_bundle import MICRO_FEATURES, make_bundle
+from micro_bundle import MICRO_FEATURES, assert_part_guarded, assert_scores_like_evaluation, make_bundle
 
 FEATURES = {"model": MICRO_FEATURES, "data": {"image_size": 64, "normalize": "tf"}}
 
@@ -85,31 +83,14 @@ def test_a_bundle_with_an_error_level_predicts_and_exports_what_the_evaluation_s
     ev = micro.evaluation
     assert ev.error_level is not None and ev.score_stats is not None
     assert ev.level_seconds > 0 and not any("seconds" in key for key in ev.metrics)  # wall time: not a metric
-    bundle = load_bundle(micro.bundle)
     manifest = json.loads((micro.bundle / "bundle.json").read_text())
     assert (manifest["scoring"]["error_level"], manifest["scoring"]["level_ring"]) == ("context", 3)
-    pixels = np.ascontiguousarray(ev.images)  # the test images at the model's size, as the evaluation saw them
-    score, maps = TorchScorer(bundle, torch.device("cpu"))(pixels)
-    np.testing.assert_array_equal(score, ev.scores)
-    np.testing.assert_array_equal(maps, ev.maps)
-    onnx_score, onnx_maps = OnnxScorer(export_onnx(bundle, tmp_path / "model.onnx"))(pixels)
-    np.testing.assert_allclose(onnx_score, score, rtol=1e-4, atol=1e-4 * float(np.abs(score).max()))
-    np.testing.assert_allclose(onnx_maps, maps, rtol=1e-4, atol=1e-5 * float(np.abs(maps).max()))
+    assert_scores_like_evaluation(micro, tmp_path)
 
 
 @pytest.mark.parametrize("part", [ERROR_LEVEL, SCORE_STATS])
 def test_a_bundle_missing_or_tampering_its_level_is_refused(micro, tmp_path, part):
-    import shutil
-
-    copy = tmp_path / "bundle"
-    shutil.copytree(micro.bundle, copy)
-    data = (copy / part).read_bytes()
-    (copy / part).write_bytes(data[:-4] + bytes(4))
-    with pytest.raises(DiytError, match=rf"{part}: not the file this bundle was made with"):
-        load_bundle(copy)
-    (copy / part).unlink()
-    with pytest.raises(DiytError, match=rf"{part}: missing from the bundle"):
-        load_bundle(copy)
+    assert_part_guarded(micro.bundle, part, tmp_path)
 
 
 @pytest.mark.parametrize("eval_params, message", [

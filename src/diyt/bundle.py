@@ -30,6 +30,7 @@ from diyt.errors import DiytError
 from diyt.eval.level import ErrorLevel
 from diyt.eval.normalize import PositionStats
 from diyt.eval.scoring import ScoringConfig
+from diyt.eval.whiten import ResidualWhitening
 from diyt.io import atomic_dir, atomic_path, write_json
 from diyt.model import MaskedAutoencoder, build_model
 from diyt.report.panels import colour_range
@@ -43,9 +44,11 @@ POSITION_STATS = "position_stats.safetensors"  # with eval.normalize_maps: posit
 MEMORY_BANK = "memory_bank.safetensors"  # with eval.scorer: knn, the (m, C) normal features it measures against
 ERROR_LEVEL = "error_level.safetensors"  # with eval.error_level: context, the fitted `ErrorLevel`'s weights
 SCORE_STATS = "score_position_stats.safetensors"  # with it and position normalisation, the score maps' own
+WHITENING = "whitening.safetensors"  # with eval.error_whitening: position, the residuals' per-position statistics
 FORMAT_VERSION = 1
 MAP_SETTINGS = ("normalize_maps", "normalize_std_floor")  # eval params applied after `score_images`
 LEVEL_SETTINGS = ("error_level", "level_ring", "level_hole", "level_steps")  # the image score's error level
+WHITENING_SETTINGS = ("error_whitening", "whitening_shrinkage")  # the errors' residual whitening
 RESAMPLE = Image.Resampling.BICUBIC  # as prepare (to data.image_size) and AnomalyDataset (to the model's size)
 
 
@@ -123,6 +126,7 @@ class Bundle:
     memory_bank: torch.Tensor | None = None  # (m, C): the maps are kNN distances to it instead of reconstruction
     error_level: ErrorLevel | None = None  # image scores from the errors against the level it expects
     score_position: PositionStats | None = None  # the per-pixel z-scoring of those score maps
+    whitening: ResidualWhitening | None = None  # errors of the residuals whitened per position
 
     @property
     def category(self) -> str:
@@ -146,6 +150,7 @@ def write_bundle(out_dir: str | Path, model_dir: str | Path, ev: Evaluation, par
         "scoring": dataclasses.asdict(ScoringConfig.from_params(params))
                    | params.model_dump(include=set(MAP_SETTINGS))
                    | params.model_dump(include=set(LEVEL_SETTINGS))
+                   | params.model_dump(include=set(WHITENING_SETTINGS))
                    | {"scorer": "reconstruction" if ev.memory_bank is None else "knn",
                       "error_level": "none" if ev.error_level is None else "context"},
         "out_size": int(ev.maps.shape[-1]),
@@ -161,7 +166,8 @@ def write_bundle(out_dir: str | Path, model_dir: str | Path, ev: Evaluation, par
         parts = {POSITION_STATS: None if ev.position_stats is None else ev.position_stats._asdict(),
                  MEMORY_BANK: None if ev.memory_bank is None else {"features": ev.memory_bank},
                  ERROR_LEVEL: None if ev.error_level is None else ev.error_level.state_dict(),
-                 SCORE_STATS: None if ev.score_stats is None else ev.score_stats._asdict()}
+                 SCORE_STATS: None if ev.score_stats is None else ev.score_stats._asdict(),
+                 WHITENING: None if ev.whitening is None else ev.whitening.state_dict()}
         for name, tensors in parts.items():
             if tensors is not None:
                 with atomic_path(tmp / name) as part:  # (atomic_path also gives the usual permissions)
@@ -241,8 +247,18 @@ def load_bundle(bundle_dir: str | Path, device: torch.device | str = "cpu") -> B
             raise DiytError(f"{bundle_dir / ERROR_LEVEL}: not the error level of this model "
                             f"({str(err).splitlines()[0]}); {remake}") from None
         level = level.to(device).eval().requires_grad_(False)
+    whitening = None
+    if eval_params.error_whitening == "position":
+        source = trained.model.source
+        whitening = ResidualWhitening(source.target_dim, *source.grid_size)
+        names = tuple(whitening.state_dict())
+        found = dict(zip(names, part(WHITENING, names, "its errors are whitened with it")))
+        if any(found[k].shape != v.shape for k, v in whitening.state_dict().items()):
+            raise DiytError(f"{bundle_dir / WHITENING}: not the whitening of this model (other shapes); {remake}")
+        whitening.load_state_dict(found)
+        whitening = whitening.to(device)
     return Bundle(bundle_dir, trained.model, trained.params, pre, scoring, out_size, thresholds, display, digest,
-                  manifest, position, bank, level, score_position)
+                  manifest, position, bank, level, score_position, whitening)
 
 
 def _digest_key(part: str) -> str:

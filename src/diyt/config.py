@@ -200,6 +200,10 @@ class EvalParams(Section):
     level_ring: Annotated[int, Field(ge=3)] = 13  # odd: the context window, in feature cells
     level_hole: PositiveInt = 9  # odd, under level_ring: the central cells the context leaves out
     level_steps: PositiveInt = 300  # the error level's fitting steps
+    error_whitening: Literal["none", "position"] = "none"  # position: the residual whitened per grid position
+    whitening_shrinkage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05  # of its covariance, towards the identity
+    error_scale: Literal["none", "image"] = "none"  # image: each error map divided by its own quantile
+    error_scale_quantile: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
     threshold: Literal["quantile", "mean_std"] = "quantile"
     threshold_quantile: Fraction = 0.99
     threshold_k: Annotated[float, Field(ge=0.0)] = 3.0
@@ -240,6 +244,9 @@ class Params(Section):
         elif self.eval.error_level != "none":
             raise ValueError("eval.error_level: the error level reads the backbone's feature cells and model.target "
                              "is pixels; set it to none")
+        elif self.eval.error_whitening != "none":
+            raise ValueError("eval.error_whitening: it whitens the feature residual and model.target is pixels; set "
+                             "it to none")
         if self.model.arch.image_size > self.data.image_size:
             raise ValueError(f"data.image_size: {self.data.image_size} is smaller than the model's "
                              f"image_size {self.model.arch.image_size}; prepare at least that size")

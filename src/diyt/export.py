@@ -21,6 +21,7 @@ from diyt.bundle import Bundle
 from diyt.data.dataset import NORMALIZATION
 from diyt.errors import DiytError
 from diyt.eval.normalize import PositionStats
+from diyt.eval.whiten import scaled_by_image
 from diyt.eval.scoring import (
     SSIM_SIGMA, SSIM_WINDOW, ScoringConfig, SeparableBlur, error_map, image_scores, merge_passes, partitions,
     pass_indices, reduce_errors,
@@ -56,7 +57,7 @@ class ScoringGraph(nn.Module):
 
     def __init__(self, model: MaskedAutoencoder, scoring: ScoringConfig, out_size: int, normalize: str,
                  position: PositionStats | None = None, level: nn.Module | None = None,
-                 score_position: PositionStats | None = None) -> None:
+                 score_position: PositionStats | None = None, whitening: nn.Module | None = None) -> None:
         super().__init__()
         self.model, self.scoring, self.out_size = model, scoring, out_size
         parts = partitions(model.num_patches, scoring)  # (R, K, L)
@@ -72,23 +73,31 @@ class ScoringGraph(nn.Module):
         self.ssim_blur = SeparableBlur(SSIM_WINDOW, SSIM_SIGMA)
         self.map_norm = PositionNorm(position) if position is not None else nn.Identity()
         self.level = level
+        self.whitening = whitening
         self.score_norm = PositionNorm(score_position) if score_position is not None else nn.Identity()
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ScoringGraph:
         return cls(bundle.model, bundle.scoring, bundle.out_size, bundle.preprocess.normalize, bundle.position,
-                   bundle.error_level, bundle.score_position)
+                   bundle.error_level, bundle.score_position, bundle.whitening)
 
     def errors(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(N, C, h, w) -> the error maps of the R partitions (R, N, rows, cols), as `score_images` computes them,
         and the target map."""
         tokens, target = self.model.patchify(images)  # (N, L, D), (N, L, T): once, not once per pass
         target_map = self.model.unpatchify(target.float())
-        return torch.stack([
-            error_map(target_map, self.model.unpatchify(merge_passes(self.model, tokens, target, self.ids_keep[r],
-                                                                     self.ids_restore[r], self.keep[r])),
-                      self.scoring.ssim_weight, self.scoring.gms_weight, self.ssim_blur)
-            for r in range(self.repeats)]), target_map
+        errors = []
+        for r in range(self.repeats):
+            recon = self.model.unpatchify(merge_passes(self.model, tokens, target, self.ids_keep[r],
+                                                       self.ids_restore[r], self.keep[r]))
+            if self.whitening is not None:
+                error = self.whitening(recon - target_map)
+            else:
+                error = error_map(target_map, recon, self.scoring.ssim_weight, self.scoring.gms_weight, self.ssim_blur)
+            if self.scoring.error_scale == "image":
+                error = scaled_by_image(error, self.scoring.error_scale_quantile)
+            errors.append(error)
+        return torch.stack(errors), target_map
 
     def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         images = (pixels - self.mean) / self.std
@@ -123,8 +132,9 @@ def export_onnx(bundle: Bundle, out: str | Path, opset: int = OPSET, verify: boo
                         "`diyt predict`, or evaluate with eval.perceptual_weight: 0 to export")
     out = Path(out)
     bundle.model.cpu().float().eval()
-    if bundle.error_level is not None:
-        bundle.error_level.cpu()
+    for part in (bundle.error_level, bundle.whitening):
+        if part is not None:
+            part.cpu()
     graph = ScoringGraph.from_bundle(bundle).eval()
     size = bundle.preprocess.image_size
     pixels = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)  # (N, S, S, 3)

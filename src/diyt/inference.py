@@ -57,7 +57,9 @@ def load_model(bundle_dir: str | Path, model_dir: str | Path, metrics_path: str 
                         "evaluate the model again (dvc repro)") from None
     params = load_params(params_path)
     needs = [f"eval.{key}: {value}" for key, value in (("normalize_maps", params.eval.normalize_maps),
-                                                         ("error_level", params.eval.error_level)) if value != "none"]
+                                                         ("error_level", params.eval.error_level),
+                                                         ("error_whitening", params.eval.error_whitening))
+             if value != "none"]
     if needs:  # what the evaluation fitted lives only in the bundle: without it scores and thresholds disagree
         raise DiytError(f"{bundle_dir}: no model bundle, and its scoring ({', '.join(needs)}) uses what the "
                         "evaluation fitted, which only the bundle carries; write it with "

@@ -62,7 +62,7 @@ class TorchScorer:
         config = self.bundle.scoring
         if self.bundle.memory_bank is None:
             scores = score_batch(self.model, images, config, self.bundle.out_size, self.parts, self.device,
-                                 self.bundle.preprocess.normalize, self.bundle.error_level)
+                                 self.bundle.preprocess.normalize, self.bundle.error_level, self.bundle.whitening)
         else:
             scores = knn_scores(self.model, images, self.bundle.memory_bank.to(self.device), config,
                                 self.bundle.out_size, self.device)

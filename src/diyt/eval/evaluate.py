@@ -22,7 +22,9 @@ from diyt.eval import metrics
 from diyt.eval.knn import cell_features, fit_bank, knn_scores
 from diyt.eval.level import ErrorLevel, fit_error_level
 from diyt.eval.normalize import PositionStats, normalize_leave_one_out, normalize_maps, position_stats
-from diyt.eval.scoring import Scores, ScoringConfig, cell_errors, image_scores, partitions, score_images
+from diyt.eval.scoring import (Scores, ScoringConfig, cell_errors, image_scores, partitions, reconstruct,
+                               score_images)
+from diyt.eval.whiten import ResidualWhitening, fit_whitening
 from diyt.eval.thresholds import image_threshold, pixel_threshold
 from diyt.model import MaskedAutoencoder
 from diyt.model.backbone import FeatureSource
@@ -49,6 +51,8 @@ class Evaluation:
     error_level: ErrorLevel | None = None  # when the image scores are the errors against their expected level
     score_stats: PositionStats | None = None  # (H, W) what those score maps were z-scored with, if any
     level_seconds: float | None = None  # wall time fitting the error level (part of the training's time)
+    whitening: ResidualWhitening | None = None  # when the errors are the residuals whitened per position
+    whitening_seconds: float | None = None  # wall time fitting it (part of the training's time)
 
 
 BatchScorer = Callable[[torch.Tensor], Scores]  # normalised images (N, 3, h, w) -> Scores on the CPU
@@ -84,11 +88,12 @@ def scorer_inputs(model: MaskedAutoencoder, dataset: AnomalyDataset, batch_size:
 
 
 def reconstruction_scorer(model: MaskedAutoencoder, config: ScoringConfig, out_size: int, device: torch.device,
-                          normalize: Normalize | None = None, level: ErrorLevel | None = None) -> BatchScorer:
+                          normalize: Normalize | None = None, level: ErrorLevel | None = None,
+                          whitening: ResidualWhitening | None = None) -> BatchScorer:
     """DiyT's own scorer: multi-mask reconstruction error (`score_batch` with the config's partitions)."""
     parts = partitions(model.num_patches, config)
     return partial(score_batch, model, config=config, out_size=out_size, parts=parts, device=device,
-                   normalize=normalize, level=level)
+                   normalize=normalize, level=level, whitening=whitening)
 
 
 def train_cells(model: MaskedAutoencoder, train: AnomalyDataset, batch_size: int, device: torch.device,
@@ -102,18 +107,36 @@ def train_cells(model: MaskedAutoencoder, train: AnomalyDataset, batch_size: int
                           tqdm(image_batches(train, batch_size), desc="train cells", unit="batch", leave=False)])
 
 
+def fit_whitening_of(model: MaskedAutoencoder, maps: torch.Tensor, config: ScoringConfig, params: EvalParams,
+                     device: torch.device) -> ResidualWhitening:
+    """The residual whitening (`diyt.eval.whiten`) fitted to the train normals' own scoring residuals (each
+    cell's reconstruction from the R partitions, averaged, minus its target)."""
+    if not isinstance(model.source, FeatureSource):
+        raise DataError("eval.error_whitening: it whitens the feature residual and model.target is pixels; set it "
+                        "to none")
+    parts = partitions(model.num_patches, config)
+    residuals = []
+    for batch in tqdm(maps.split(params.batch_size), desc="train residuals", unit="batch", leave=False):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            recons = [torch.sub(*reconstruct(model, batch.to(device), masks)).float() for masks in parts]
+        residuals.append(torch.stack(recons).mean(dim=0).cpu())
+    return fit_whitening(torch.cat(residuals), params.whitening_shrinkage)
+
+
 def fit_level(model: MaskedAutoencoder, maps: torch.Tensor, config: ScoringConfig, params: EvalParams,
-              device: torch.device) -> ErrorLevel:
+              device: torch.device, whitening: ResidualWhitening | None = None) -> ErrorLevel:
     """The error level (`diyt.eval.level`) fitted to the train normals' feature maps (`train_cells`) and their
     own scoring errors (each cell's, averaged over the R partitions, before upsampling and smoothing)."""
     if not isinstance(model.source, FeatureSource):
         raise DataError("eval.error_level: the error level reads the backbone's feature cells and model.target "
                         "is pixels; set it to none")
     parts = partitions(model.num_patches, config)
+    whitening = whitening.to(device) if whitening is not None else None
     errors = []
     for batch in tqdm(maps.split(params.batch_size), desc="train errors", unit="batch", leave=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            errors.append(cell_errors(model, batch.to(device), config, parts)[0].float().mean(dim=0).cpu())
+            errors.append(cell_errors(model, batch.to(device), config, parts, whitening=whitening)[0]
+                          .float().mean(dim=0).cpu())
     return fit_error_level(maps, torch.cat(errors), params.level_ring, params.level_hole, params.level_steps,
                            params.seed, device)
 
@@ -130,15 +153,17 @@ def knn_scorer(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringC
 
 def score_batch(model: MaskedAutoencoder, images: torch.Tensor, config: ScoringConfig, out_size: int,
                 parts: torch.Tensor, device: torch.device, normalize: Normalize | None = None,
-                level: ErrorLevel | None = None) -> Scores:
+                level: ErrorLevel | None = None, whitening: ResidualWhitening | None = None) -> Scores:
     """Score one batch of images (N, 3, h, w) normalised as `normalize` says, on `device` (bf16 autocast on
-    CUDA), the image scores against an error `level` if given; results on the CPU.
+    CUDA), the image scores against an error `level` if given, the errors whitened by `whitening` if given;
+    results on the CPU.
 
     The one scoring call of both the evaluation and `diyt predict`, so the two agree bit for bit.
     """
     level = level.to(device) if level is not None else None
+    whitening = whitening.to(device) if whitening is not None else None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        scores = score_images(model, images.to(device), config, out_size, parts, normalize, level)
+        scores = score_images(model, images.to(device), config, out_size, parts, normalize, level, whitening)
     return Scores(*(None if t is None else t.float().cpu() for t in scores))
 
 
@@ -176,26 +201,32 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
         raise DataError(f"{category_dir}: no validation images to choose thresholds on; raise data.val_fraction")
     out_size = out_size or _prepared_size(test)
     masks = np.stack([test.mask(i, out_size) for i in range(len(test))])  # (N, H, W), read once for any scorer
-    bank = knn = level = cells = None
+    bank = knn = level = cells = whitening = None
     fit = params.scorer != "knn" and params.error_level == "context"
-    if params.scorer != "reconstruction" or fit:  # both read the train cells: computed (or read) once
+    whiten = params.scorer != "knn" and params.error_whitening == "position"
+    if params.scorer != "reconstruction" or fit or whiten:  # all read the train cells: computed (or read) once
         train = AnomalyDataset(category_dir, ["train"], size, normalize)
         cells = train_cells(model, train, params.batch_size, device, map_cache)
     if params.scorer != "reconstruction":
         knn, bank = knn_scorer(model, train, config, out_size, params.knn_coreset, params.batch_size, device,
                                cells=cells)
-    level_seconds = None
+    level_seconds = whitening_seconds = None
+    if whiten:
+        began = time.perf_counter()
+        whitening = fit_whitening_of(model, cells, config, params, device)
+        whitening_seconds = time.perf_counter() - began
     if fit:
         began = time.perf_counter()
-        level = fit_level(model, cells, config, params, device)
+        level = fit_level(model, cells, config, params, device, whitening)
         level_seconds = time.perf_counter() - began
     inputs = {split: scorer_inputs(model, data, params.batch_size, device) for split, data in
               (("val", val), ("test", test))}
     if params.scorer == "knn":
         return _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank)
-    ev = _evaluate(reconstruction_scorer(model, config, out_size, device, normalize, level), inputs, model, val,
-                   test, masks, normalize, params, category_dir, level=level)
-    ev = replace(ev, level_seconds=level_seconds)  # wall time: the stage's timing records it, not metrics.json
+    ev = _evaluate(reconstruction_scorer(model, config, out_size, device, normalize, level, whitening), inputs,
+                   model, val, test, masks, normalize, params, category_dir, level=level)
+    # wall time: the stage's timing records it, not metrics.json
+    ev = replace(ev, level_seconds=level_seconds, whitening=whitening, whitening_seconds=whitening_seconds)
     if knn is not None:
         reference = _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank).metrics
         ev.metrics["reference"] = {"knn": {k: v for k, v in reference.items() if k in REFERENCE_KEYS}}

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diyt.data.dataset import Normalize, denormalize, normalize
+from diyt.eval.whiten import scaled_by_image
 from diyt.model import MaskedAutoencoder, complementary_masks, visible_indices
 
 
@@ -43,6 +44,8 @@ class ScoringConfig:
     seed: int = 0
     gms_weight: float = 0.0
     perceptual_weight: float = 0.0
+    error_scale: Literal["none", "image"] = "none"
+    error_scale_quantile: float = 0.25
 
     @classmethod
     def from_params(cls, params) -> ScoringConfig:
@@ -227,27 +230,35 @@ def image_scores(maps: Tensor, how: str, topk_fraction: float) -> Tensor:
 
 @torch.no_grad()
 def cell_errors(model: MaskedAutoencoder, images: Tensor, config: ScoringConfig, parts: Tensor,
-                normalize: Normalize | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                normalize: Normalize | None = None, whitening: nn.Module | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
     """The R partitions' per-cell errors (R, N, h, w) of a batch, its mean reconstruction and the target (the
-    images, or for features their maps)."""
+    images, or for features their maps). With a `whitening` (`diyt.eval.whiten`), the error is the whitened
+    residual's; with `config.error_scale` "image", each map is divided by its own quantile."""
     errors, recons = [], []
     for masks in parts:
         recon, target = reconstruct(model, images, masks)
         recons.append(recon)
-        errors.append(error_map(target, recon, config.ssim_weight, config.gms_weight,
-                                perceptual_weight=config.perceptual_weight, normalize=normalize))
+        if whitening is not None:
+            error = whitening(recon - target.float())
+        else:
+            error = error_map(target, recon, config.ssim_weight, config.gms_weight,
+                              perceptual_weight=config.perceptual_weight, normalize=normalize)
+        if config.error_scale == "image":
+            error = scaled_by_image(error, config.error_scale_quantile)
+        errors.append(error)
     return torch.stack(errors), torch.stack(recons).mean(dim=0), target
 
 
 @torch.no_grad()
 def score_images(model: MaskedAutoencoder, images: Tensor, config: ScoringConfig, out_size: int,
                  parts: Tensor | None = None, normalize: Normalize | None = None,
-                 level: nn.Module | None = None) -> Scores:
+                 level: nn.Module | None = None, whitening: nn.Module | None = None) -> Scores:
     """Anomaly maps (N, out_size, out_size), image scores and reconstructions of a batch of images normalised as
     `normalize` says (which the perceptual error undoes). With an error `level` (`diyt.eval.level`), the image
     scores come from the errors divided by the level it expects from each cell's context (`score_map`)."""
     parts = partitions(model.num_patches, config) if parts is None else parts
-    errors, recon, target = cell_errors(model, images, config, parts, normalize)
+    errors, recon, target = cell_errors(model, images, config, parts, normalize, whitening)
     score, maps = reduce_errors(errors, config, out_size)
     score_map = None
     if level is not None:
