@@ -155,6 +155,17 @@ def test_magnetic_tile_split_by_part(monkeypatch, server, tmp_path):
     assert all(s.part is None for s in samples if not s.is_normal)
 
 
+def test_magnetic_tile_split_by_part_checks_the_totals(monkeypatch, server, tmp_path):
+    """Split by part, the spec's train/test counts cannot hold image for image, but a copy short of one free tile
+    is still refused, naming the totals."""
+    serve_spec(monkeypatch, server, "magnetic_tile", "mt.zip", _mt_zip(), counts={"tile": Counts(5, 1, 3)},
+               defect_counts={"tile": {"blowhole": 2, "uneven": 1}})
+    data = DataParams(source="magnetic_tile", categories=("tile",), split_by="part")
+    with pytest.raises(DataError, match="expected {'normal': 6, 'defective': 3} images, found "
+                                        "{'normal': 5, 'defective': 3}; the copy is incomplete"):
+        load_samples(data, "tile", tmp_path)
+
+
 def test_tile_parts_follow_the_setup_runs():
     stems = ["exp1_num_824", "exp2_num_834", "exp1_num_855", "exp2_num_887", "exp4_num_889", "exp3_num_913",
              "exp4_num_933", "exp5_num_937", "exp5_num_964", "exp6_num_1012", "exp1_num_1810", "photo"]

@@ -21,9 +21,8 @@ from diyt.bundle import Bundle
 from diyt.data.dataset import NORMALIZATION
 from diyt.errors import DiytError
 from diyt.eval.normalize import PositionStats
-from diyt.eval.whiten import scaled_by_image
 from diyt.eval.scoring import (
-    SSIM_SIGMA, SSIM_WINDOW, ScoringConfig, SeparableBlur, error_map, image_scores, merge_passes, partitions,
+    SSIM_SIGMA, SSIM_WINDOW, ScoringConfig, SeparableBlur, cell_error, image_scores, merge_passes, partitions,
     pass_indices, reduce_errors,
 )
 from diyt.io import atomic_path
@@ -90,13 +89,7 @@ class ScoringGraph(nn.Module):
         for r in range(self.repeats):
             recon = self.model.unpatchify(merge_passes(self.model, tokens, target, self.ids_keep[r],
                                                        self.ids_restore[r], self.keep[r]))
-            if self.whitening is not None:
-                error = self.whitening(recon - target_map)
-            else:
-                error = error_map(target_map, recon, self.scoring.ssim_weight, self.scoring.gms_weight, self.ssim_blur)
-            if self.scoring.error_scale == "image":
-                error = scaled_by_image(error, self.scoring.error_scale_quantile)
-            errors.append(error)
+            errors.append(cell_error(target_map, recon, self.scoring, self.whitening, ssim_blur=self.ssim_blur))
         return torch.stack(errors), target_map
 
     def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:

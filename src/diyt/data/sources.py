@@ -298,11 +298,12 @@ def _check_counts(samples: list[Sample], spec: DatasetSpec, where: str, category
                      sum(s.split == "test" and s.is_normal for s in samples),
                      sum(not s.is_normal for s in samples))
         if split_by == "part":  # how many normal images land in test depends on the parts' sizes
-            expected = Counts(expected.train_good + expected.test_good, 0, expected.test_defect)
-            got = Counts(got.train_good + got.test_good, 0, got.test_defect)
+            expected, got = ({"normal": c.train_good + c.test_good, "defective": c.test_defect}
+                             for c in (expected, got))
+        else:
+            expected, got = dict(expected._asdict()), dict(got._asdict())
         if got != expected:
-            raise DataError(f"{where}: expected {dict(expected._asdict())} images, found "
-                            f"{dict(got._asdict())}; {fix}")
+            raise DataError(f"{where}: expected {expected} images, found {got}; {fix}")
     types = spec.defect_counts.get(category)
     if types is not None:
         got_types = dict(Counter(s.defect_type for s in samples if not s.is_normal))

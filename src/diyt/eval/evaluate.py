@@ -22,7 +22,7 @@ from diyt.eval import metrics
 from diyt.eval.knn import cell_features, fit_bank, knn_scores
 from diyt.eval.level import ErrorLevel, fit_error_level
 from diyt.eval.normalize import PositionStats, normalize_leave_one_out, normalize_maps, position_stats
-from diyt.eval.scoring import (Scores, ScoringConfig, cell_errors, image_scores, partitions, reconstruct,
+from diyt.eval.scoring import (Scores, ScoringConfig, cell_error, image_scores, partitions, reconstruct,
                                score_images)
 from diyt.eval.whiten import ResidualWhitening, fit_whitening
 from diyt.eval.thresholds import image_threshold, pixel_threshold
@@ -107,36 +107,40 @@ def train_cells(model: MaskedAutoencoder, train: AnomalyDataset, batch_size: int
                           tqdm(image_batches(train, batch_size), desc="train cells", unit="batch", leave=False)])
 
 
-def fit_whitening_of(model: MaskedAutoencoder, maps: torch.Tensor, config: ScoringConfig, params: EvalParams,
-                     device: torch.device) -> ResidualWhitening:
-    """The residual whitening (`diyt.eval.whiten`) fitted to the train normals' own scoring residuals (each
-    cell's reconstruction from the R partitions, averaged, minus its target)."""
-    if not isinstance(model.source, FeatureSource):
-        raise DataError("eval.error_whitening: it whitens the feature residual and model.target is pixels; set it "
-                        "to none")
+def train_passes(model: MaskedAutoencoder, maps: torch.Tensor, config: ScoringConfig, params: EvalParams,
+                 device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The train normals' scoring reconstructions, computed once for the residual whitening and the error level:
+    per batch of feature maps (`train_cells`), its target (N, C, h, w) and the R partitions' reconstructions
+    (R, N, C, h, w), on the CPU."""
     parts = partitions(model.num_patches, config)
-    residuals = []
-    for batch in tqdm(maps.split(params.batch_size), desc="train residuals", unit="batch", leave=False):
+    passes = []
+    for batch in tqdm(maps.split(params.batch_size), desc="train reconstructions", unit="batch", leave=False):
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            recons = [torch.sub(*reconstruct(model, batch.to(device), masks)).float() for masks in parts]
-        residuals.append(torch.stack(recons).mean(dim=0).cpu())
-    return fit_whitening(torch.cat(residuals), params.whitening_shrinkage)
+            pairs = [reconstruct(model, batch.to(device), masks) for masks in parts]
+        passes.append((pairs[0][1].float().cpu(), torch.stack([recon.float() for recon, _ in pairs]).cpu()))
+    return passes
 
 
-def fit_level(model: MaskedAutoencoder, maps: torch.Tensor, config: ScoringConfig, params: EvalParams,
+def fit_whitening_of(passes: list[tuple[torch.Tensor, torch.Tensor]], params: EvalParams) -> ResidualWhitening:
+    """The residual whitening (`diyt.eval.whiten`) fitted to the train normals' own scoring residuals (each
+    cell's reconstruction from the R partitions, averaged, minus its target; `train_passes`)."""
+    residuals = torch.cat([(recons - target).mean(dim=0) for target, recons in passes])
+    return fit_whitening(residuals, params.whitening_shrinkage)
+
+
+def fit_level(passes: list[tuple[torch.Tensor, torch.Tensor]], config: ScoringConfig, params: EvalParams,
               device: torch.device, whitening: ResidualWhitening | None = None) -> ErrorLevel:
-    """The error level (`diyt.eval.level`) fitted to the train normals' feature maps (`train_cells`) and their
-    own scoring errors (each cell's, averaged over the R partitions, before upsampling and smoothing)."""
-    if not isinstance(model.source, FeatureSource):
-        raise DataError("eval.error_level: the error level reads the backbone's feature cells and model.target "
-                        "is pixels; set it to none")
-    parts = partitions(model.num_patches, config)
+    """The error level (`diyt.eval.level`) fitted to the train normals' feature maps and their own scoring
+    errors (`train_passes`: each cell's error, averaged over the R partitions, before upsampling and
+    smoothing)."""
     whitening = whitening.to(device) if whitening is not None else None
     errors = []
-    for batch in tqdm(maps.split(params.batch_size), desc="train errors", unit="batch", leave=False):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            errors.append(cell_errors(model, batch.to(device), config, parts, whitening=whitening)[0]
-                          .float().mean(dim=0).cpu())
+    with torch.no_grad():
+        for target, recons in passes:
+            target = target.to(device)
+            errors.append(torch.stack([cell_error(target, recon.to(device), config, whitening) for recon in recons])
+                          .mean(dim=0).cpu())
+    maps = torch.cat([target for target, _ in passes])
     return fit_error_level(maps, torch.cat(errors), params.level_ring, params.level_hole, params.level_steps,
                            params.seed, device)
 
@@ -211,14 +215,20 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
         knn, bank = knn_scorer(model, train, config, out_size, params.knn_coreset, params.batch_size, device,
                                cells=cells)
     level_seconds = whitening_seconds = None
-    if whiten:
+    if (whiten or fit) and not isinstance(model.source, FeatureSource):  # config validation refuses it first
+        raise DataError("eval.error_whitening: it whitens the feature residual and model.target is pixels; set it "
+                        "to none" if whiten else "eval.error_level: the error level reads the backbone's feature "
+                        "cells and model.target is pixels; set it to none")
+    if whiten or fit:
         began = time.perf_counter()
-        whitening = fit_whitening_of(model, cells, config, params, device)
-        whitening_seconds = time.perf_counter() - began
-    if fit:
-        began = time.perf_counter()
-        level = fit_level(model, cells, config, params, device, whitening)
-        level_seconds = time.perf_counter() - began
+        passes = train_passes(model, cells, config, params, device)  # counted in the first fit's seconds
+        if whiten:
+            whitening = fit_whitening_of(passes, params)
+            whitening_seconds = time.perf_counter() - began
+            began = time.perf_counter()
+        if fit:
+            level = fit_level(passes, config, params, device, whitening)
+            level_seconds = time.perf_counter() - began
     inputs = {split: scorer_inputs(model, data, params.batch_size, device) for split, data in
               (("val", val), ("test", test))}
     if params.scorer == "knn":

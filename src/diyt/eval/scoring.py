@@ -239,15 +239,22 @@ def cell_errors(model: MaskedAutoencoder, images: Tensor, config: ScoringConfig,
     for masks in parts:
         recon, target = reconstruct(model, images, masks)
         recons.append(recon)
-        if whitening is not None:
-            error = whitening(recon - target.float())
-        else:
-            error = error_map(target, recon, config.ssim_weight, config.gms_weight,
-                              perceptual_weight=config.perceptual_weight, normalize=normalize)
-        if config.error_scale == "image":
-            error = scaled_by_image(error, config.error_scale_quantile)
-        errors.append(error)
+        errors.append(cell_error(target, recon, config, whitening, normalize))
     return torch.stack(errors), torch.stack(recons).mean(dim=0), target
+
+
+def cell_error(target: Tensor, recon: Tensor, config: ScoringConfig, whitening: nn.Module | None = None,
+               normalize: Normalize | None = None, ssim_blur: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """One reconstruction's per-cell error (N, h, w): the whitened residual's with a `whitening`, else
+    `error_map`'s; with `config.error_scale` "image", divided by its own quantile. Shared with the ONNX graph."""
+    if whitening is not None:
+        error = whitening(recon - target.float())
+    else:
+        error = error_map(target, recon, config.ssim_weight, config.gms_weight, ssim_blur,
+                          config.perceptual_weight, normalize)
+    if config.error_scale == "image":
+        error = scaled_by_image(error, config.error_scale_quantile)
+    return error
 
 
 @torch.no_grad()
