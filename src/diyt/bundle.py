@@ -238,25 +238,24 @@ def load_bundle(bundle_dir: str | Path, device: torch.device | str = "cpu") -> B
                            "its maps are kNN distances to it")
         if bank.ndim != 2 or bank.shape[1] != trained.model.source.target_dim:
             raise DiytError(f"{bundle_dir / MEMORY_BANK}: features of another size than the model's; {remake}")
-    if leveled:
-        level = ErrorLevel(trained.model.source.target_dim, eval_params.level_ring, eval_params.level_hole)
-        names = tuple(level.state_dict())
+    def module(name: str, module: torch.nn.Module, what: str, why: str) -> torch.nn.Module:
+        """`module` with the weights of part `name`, or one clear error when they are not its."""
+        names = tuple(module.state_dict())
         try:
-            level.load_state_dict(dict(zip(names, part(ERROR_LEVEL, names, "its image scores use it"))))
+            module.load_state_dict(dict(zip(names, part(name, names, why))))
         except (KeyError, RuntimeError) as err:
-            raise DiytError(f"{bundle_dir / ERROR_LEVEL}: not the error level of this model "
-                            f"({str(err).splitlines()[0]}); {remake}") from None
-        level = level.to(device).eval().requires_grad_(False)
+            raise DiytError(f"{bundle_dir / name}: not the {what} of this model ({str(err).splitlines()[0]}); "
+                            f"{remake}") from None
+        return module.to(device).eval().requires_grad_(False)
+
+    source = trained.model.source
+    if leveled:
+        level = module(ERROR_LEVEL, ErrorLevel(source.target_dim, eval_params.level_ring, eval_params.level_hole),
+                       "error level", "its image scores use it")
     whitening = None
     if eval_params.error_whitening == "position":
-        source = trained.model.source
-        whitening = ResidualWhitening(source.target_dim, *source.grid_size)
-        names = tuple(whitening.state_dict())
-        found = dict(zip(names, part(WHITENING, names, "its errors are whitened with it")))
-        if any(found[k].shape != v.shape for k, v in whitening.state_dict().items()):
-            raise DiytError(f"{bundle_dir / WHITENING}: not the whitening of this model (other shapes); {remake}")
-        whitening.load_state_dict(found)
-        whitening = whitening.to(device)
+        whitening = module(WHITENING, ResidualWhitening(source.target_dim, *source.grid_size), "whitening",
+                           "its errors are whitened with it")
     return Bundle(bundle_dir, trained.model, trained.params, pre, scoring, out_size, thresholds, display, digest,
                   manifest, position, bank, level, score_position, whitening)
 

@@ -107,40 +107,37 @@ def train_cells(model: MaskedAutoencoder, train: AnomalyDataset, batch_size: int
                           tqdm(image_batches(train, batch_size), desc="train cells", unit="batch", leave=False)])
 
 
-def train_passes(model: MaskedAutoencoder, maps: torch.Tensor, config: ScoringConfig, params: EvalParams,
-                 device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The train normals' scoring reconstructions, computed once for the residual whitening and the error level:
-    per batch of feature maps (`train_cells`), its target (N, C, h, w) and the R partitions' reconstructions
-    (R, N, C, h, w), on the CPU."""
+def train_reconstructions(model: MaskedAutoencoder, maps: torch.Tensor, config: ScoringConfig,
+                          params: EvalParams, device: torch.device) -> torch.Tensor:
+    """The R partitions' reconstructions (R, N, C, h, w), on the CPU, of the train normals' feature maps
+    (`train_cells`): computed once for both the residual whitening and the error level."""
     parts = partitions(model.num_patches, config)
-    passes = []
+    batches = []
     for batch in tqdm(maps.split(params.batch_size), desc="train reconstructions", unit="batch", leave=False):
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pairs = [reconstruct(model, batch.to(device), masks) for masks in parts]
-        passes.append((pairs[0][1].float().cpu(), torch.stack([recon.float() for recon, _ in pairs]).cpu()))
-    return passes
+            batches.append(torch.stack([reconstruct(model, batch.to(device), masks)[0].float()
+                                        for masks in parts]).cpu())
+    return torch.cat(batches, dim=1)
 
 
-def fit_whitening_of(passes: list[tuple[torch.Tensor, torch.Tensor]], params: EvalParams) -> ResidualWhitening:
-    """The residual whitening (`diyt.eval.whiten`) fitted to the train normals' own scoring residuals (each
-    cell's reconstruction from the R partitions, averaged, minus its target; `train_passes`)."""
-    residuals = torch.cat([(recons - target).mean(dim=0) for target, recons in passes])
-    return fit_whitening(residuals, params.whitening_shrinkage)
+def fit_whitening_of(maps: torch.Tensor, recons: torch.Tensor, params: EvalParams) -> ResidualWhitening:
+    """The residual whitening (`diyt.eval.whiten`) fitted to the train normals' own scoring residuals: each
+    cell's reconstruction from the R partitions (`train_reconstructions`), averaged, minus its target."""
+    return fit_whitening((recons - maps).mean(dim=0), params.whitening_shrinkage)
 
 
-def fit_level(passes: list[tuple[torch.Tensor, torch.Tensor]], config: ScoringConfig, params: EvalParams,
+def fit_level(maps: torch.Tensor, recons: torch.Tensor, config: ScoringConfig, params: EvalParams,
               device: torch.device, whitening: ResidualWhitening | None = None) -> ErrorLevel:
     """The error level (`diyt.eval.level`) fitted to the train normals' feature maps and their own scoring
-    errors (`train_passes`: each cell's error, averaged over the R partitions, before upsampling and
-    smoothing)."""
+    errors (from `train_reconstructions`: each cell's error, averaged over the R partitions, before upsampling
+    and smoothing)."""
     whitening = whitening.to(device) if whitening is not None else None
     errors = []
     with torch.no_grad():
-        for target, recons in passes:
+        for target, batch in zip(maps.split(params.batch_size), recons.split(params.batch_size, dim=1)):
             target = target.to(device)
-            errors.append(torch.stack([cell_error(target, recon.to(device), config, whitening) for recon in recons])
+            errors.append(torch.stack([cell_error(target, recon.to(device), config, whitening) for recon in batch])
                           .mean(dim=0).cpu())
-    maps = torch.cat([target for target, _ in passes])
     return fit_error_level(maps, torch.cat(errors), params.level_ring, params.level_hole, params.level_steps,
                            params.seed, device)
 
@@ -221,13 +218,13 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
                         "cells and model.target is pixels; set it to none")
     if whiten or fit:
         began = time.perf_counter()
-        passes = train_passes(model, cells, config, params, device)  # counted in the first fit's seconds
+        recons = train_reconstructions(model, cells, config, params, device)  # counted in the first fit's seconds
         if whiten:
-            whitening = fit_whitening_of(passes, params)
+            whitening = fit_whitening_of(cells, recons, params)
             whitening_seconds = time.perf_counter() - began
             began = time.perf_counter()
         if fit:
-            level = fit_level(passes, config, params, device, whitening)
+            level = fit_level(cells, recons, config, params, device, whitening)
             level_seconds = time.perf_counter() - began
     inputs = {split: scorer_inputs(model, data, params.batch_size, device) for split, data in
               (("val", val), ("test", test))}
