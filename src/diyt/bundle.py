@@ -238,7 +238,7 @@ def load_bundle(bundle_dir: str | Path, device: torch.device | str = "cpu") -> B
                            "its maps are kNN distances to it")
         if bank.ndim != 2 or bank.shape[1] != trained.model.source.target_dim:
             raise DiytError(f"{bundle_dir / MEMORY_BANK}: features of another size than the model's; {remake}")
-    def module(name: str, module: torch.nn.Module, what: str, why: str) -> torch.nn.Module:
+    def loaded(name: str, module: torch.nn.Module, what: str, why: str) -> torch.nn.Module:
         """`module` with the weights of part `name`, or one clear error when they are not its."""
         names = tuple(module.state_dict())
         try:
@@ -250,11 +250,11 @@ def load_bundle(bundle_dir: str | Path, device: torch.device | str = "cpu") -> B
 
     source = trained.model.source
     if leveled:
-        level = module(ERROR_LEVEL, ErrorLevel(source.target_dim, eval_params.level_ring, eval_params.level_hole),
+        level = loaded(ERROR_LEVEL, ErrorLevel(source.target_dim, eval_params.level_ring, eval_params.level_hole),
                        "error level", "its image scores use it")
     whitening = None
     if eval_params.error_whitening == "position":
-        whitening = module(WHITENING, ResidualWhitening(source.target_dim, *source.grid_size), "whitening",
+        whitening = loaded(WHITENING, ResidualWhitening(source.target_dim, *source.grid_size), "whitening",
                            "its errors are whitened with it")
     return Bundle(bundle_dir, trained.model, trained.params, pre, scoring, out_size, thresholds, display, digest,
                   manifest, position, bank, level, score_position, whitening)
