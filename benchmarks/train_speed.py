@@ -5,8 +5,9 @@ Prints, asserts nothing. Each preset trains `--steps` steps after a short warm-u
 `diyt.train.train` as the stages do (with the feature target, on the frozen backbone's maps computed once
 before the timed steps, and FLOPs counted for the trained model only), on a stand-in dataset of generated
 images at the preset's size (or `--data`, a prepared dataset folder), in bf16 autocast where `train.amp` and
-the hardware allow it (CUDA, or a CPU with AMX; the utilisation is then against a bf16 matmul). On CUDA the seed
-preset runs at 224 px and the time to pre-train and fine-tune all 15 MVTec AD categories is projected from it.
+the hardware allow it (CUDA, or a CPU with AMX; the utilisation is then against a bf16 matmul), compiled where
+`train.compile` says so (the warm-up run then pays the compilation). On CUDA the seed preset runs at 224 px and
+the time to pre-train and fine-tune all 15 MVTec AD categories is projected from it.
 
 Usage: python benchmarks/train_speed.py [--device auto|cpu|cuda] [--presets tiny small seed] [--steps 10]
        [--batch 32] [--data data/prepared/synthetic] [--params params.yaml]
@@ -64,9 +65,9 @@ def peak_memory(device: torch.device) -> str:
 
 
 def measure(model_params: ModelParams, data: DataParams, dataset_dir: Path, categories: list[str], batch: int,
-            steps: int, device_kind: str, amp: bool, work: Path) -> tuple[float, float, torch.device]:
+            steps: int, device_kind: str, amp: bool, compile: bool, work: Path) -> tuple[float, float, torch.device]:
     """(images/s of `steps` training steps, forward FLOPs per image, device) after a 2-step warm-up run."""
-    runtime = start(device_kind, amp=amp, compile=False, num_workers=0)
+    runtime = start(device_kind, amp=amp, compile=compile, num_workers=0)
     dataset = train_images(dataset_dir, categories, data, model_params.arch.image_size, seed=0)
     model = build_model(model_params).to(runtime.device)
     size = model_params.arch.image_size
@@ -117,7 +118,7 @@ def main() -> None:
                 dataset_dir = stand_in(Path(tmp) / preset, size, batch * 2 + 2)
                 categories = ["standin"]
             img_s, flops, where = measure(model_params, params.data, dataset_dir, categories, batch, args.steps,
-                                          args.device, params.train.amp, Path(tmp))
+                                          args.device, params.train.amp, params.train.compile, Path(tmp))
             achieved = 3 * flops * img_s  # backward ≈ 2x forward
             speeds[preset] = img_s
             print(f"{preset:<7} {size:>4} {batch:>5} {flops / 1e9:>13.3f} {img_s:>8.1f} {achieved / 1e9:>13.1f} "

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"--category {args.category}: not in data.categories "
                               f"({', '.join(params.data.categories)})")
         if params.train.nproc > 1 and not under_torchrun():
-            relaunch_under_torchrun(params.train.nproc)
+            relaunch_under_torchrun(params.train.nproc, params.train.device)
         result = run_phase("finetune", model_params=params.model, data=params.data, train_params=params.train,
                            params_digest=params.digest(), dataset_dir=args.data, categories=[args.category],
                            out_dir=args.out, checkpoint_dir=args.checkpoint, log_dir=args.log, init_dir=args.init,

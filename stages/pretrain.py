@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     with stage_timer(args.timing, "pretrain"):
         params = load_params(args.params)
         if params.train.nproc > 1 and not under_torchrun():
-            relaunch_under_torchrun(params.train.nproc)
+            relaunch_under_torchrun(params.train.nproc, params.train.device)
         result = run_phase("pretrain", model_params=params.model, data=params.data, train_params=params.train,
                            params_digest=params.digest(), dataset_dir=args.data, categories=params.data.categories,
                            out_dir=args.out, checkpoint_dir=args.checkpoint, log_dir=args.log,

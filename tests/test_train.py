@@ -25,7 +25,8 @@ from diyt.data.layout import write_category
 from diyt.data.sample import Sample
 from diyt.errors import DiytError
 from diyt.model import build_model
-from diyt.train import Batches, Checkpointing, lr_at, peak_lr, run_phase, train, train_images
+from diyt.train import (Batches, Checkpointing, lr_at, peak_lr, relaunch_under_torchrun, run_phase, train,
+                        train_images)
 from diyt.model.blocks import attention
 from diyt.train.checkpoint import RunState, read_run, resume, save_checkpoint
 from diyt.train.distributed import Runtime, cpu_has_bf16_matmul, start
@@ -167,6 +168,15 @@ def test_batch_larger_than_the_dataset_is_named(dataset_dir):
 
 
 # ------------------------------------------------------------------------------------ torchrun, resume, ...
+def test_more_processes_than_gpus_is_named_before_torchrun_starts(monkeypatch):
+    # the count of visible GPUs is the machine's; here it is set, since this test must also run without one
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for device in ("auto", "cuda"):
+        with pytest.raises(ConfigError, match=r"train.nproc: 2 processes, but only 1 CUDA device\(s\) are visible"):
+            relaunch_under_torchrun(2, device)
+
+
 def test_two_processes_under_torchrun_match_one(dataset_dir, reference, tmp_path):
     params = _params(nproc=2)
     out = _finish(_stage(tmp_path, dataset_dir, params))

@@ -43,8 +43,13 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def relaunch_under_torchrun(nproc: int) -> None:
-    """Replace this process by `torchrun --standalone --nproc_per_node nproc <this script> <same args>`."""
+def relaunch_under_torchrun(nproc: int, device: Literal["auto", "cpu", "cuda"]) -> None:
+    """Replace this process by `torchrun --standalone --nproc_per_node nproc <this script> <same args>`, after
+    checking that each process will have a GPU of its own where training runs on CUDA."""
+    gpus = torch.cuda.device_count() if device != "cpu" and torch.cuda.is_available() else 0
+    if gpus and nproc > gpus:
+        raise ConfigError(f"train.nproc: {nproc} processes, but only {gpus} CUDA device(s) are visible and each "
+                          f"process needs its own; set train.nproc to at most {gpus}, or train.device: cpu")
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "--", sys.argv[0], *sys.argv[1:]]  # "--": none of our flags is read as an abbreviation of torchrun's
     sys.stdout.flush()
