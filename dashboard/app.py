@@ -1,4 +1,4 @@
-"""DiyT results dashboard: `streamlit run dashboard/app.py` from the project root (http://127.0.0.1:8501).
+"""DiyT results dashboard: `streamlit run dashboard/app.py` (http://127.0.0.1:8501).
 
 It reads what the pipeline wrote (reports/, models/, bundles/) and DVC's experiments; every computation is in
 `src/diyt` (`diyt.results`, `diyt.inference`). Set DIYT_ROOT to read another project's results.

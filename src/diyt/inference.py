@@ -25,7 +25,7 @@ from diyt.eval.scoring import ScoringConfig
 from diyt.predict import ANOMALOUS, IMAGE_SUFFIXES, NORMAL, TorchScorer, heatmap
 from diyt.train.checkpoint import WEIGHTS, file_digest
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # as server.maxUploadSize in .streamlit/config.toml
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # as server.maxUploadSize in dashboard/.streamlit/config.toml
 UPLOAD_TYPES = IMAGE_SUFFIXES  # the uploader's `type=`: what `diyt predict` reads
 
 

@@ -5,6 +5,11 @@ the target are refused: test_bad_archives.py.)"""
 from __future__ import annotations
 
 import ast
+import os
+import socket
+import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -76,7 +81,7 @@ def test_the_pixel_limit_is_set_wherever_images_are_opened():
 
 
 def streamlit_config() -> dict:
-    return tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    return tomllib.loads((ROOT / "dashboard" / ".streamlit" / "config.toml").read_text())
 
 
 def test_uploads_are_limited_in_size_and_type():
@@ -92,8 +97,10 @@ def test_uploads_are_limited_in_size_and_type():
 def test_servers_listen_on_localhost_unless_told_otherwise():
     """The dashboard's config, every server socket the code or its tests open, every `streamlit run` they start."""
     assert streamlit_config()["server"]["address"] == "127.0.0.1"
-    assert "streamlit run dashboard/app.py        # from the project root" in (ROOT / "README.md").read_text()
+    assert "streamlit run dashboard/app.py        # then open http://127.0.0.1:8501" in (ROOT / "README.md").read_text()
     for path in [*sources(), *(ROOT / "tests").rglob("*.py")]:
+        if path.resolve() == Path(__file__).resolve():  # starts one without the flag on purpose, below
+            continue
         text = path.read_text()
         for call in ast.walk(ast.parse(text)):
             if isinstance(call, ast.Call) and ast.unparse(call.func).endswith(("HTTPServer", ".bind", "create_server")):
@@ -103,3 +110,39 @@ def test_servers_listen_on_localhost_unless_told_otherwise():
         if '"streamlit", "run"' in text:
             assert '"--server.address", "127.0.0.1"' in text, path
         assert ANY_ADDRESS not in text, path
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp writes them) of the sockets listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if Path(table).exists():
+            for line in Path(table).read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:
+                    found.add(address)
+    return found
+
+
+def test_the_dashboard_listens_on_localhost_from_any_folder(tmp_path):
+    """`streamlit run <project>/dashboard/app.py` started in another folder, whose own .streamlit/config.toml asks
+    for every interface, with no --server.address: the config beside app.py wins, and only 127.0.0.1 listens."""
+    (tmp_path / ".streamlit").mkdir()
+    (tmp_path / ".streamlit" / "config.toml").write_text(f'[server]\naddress = "{ANY_ADDRESS}"\n')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+                               "--server.port", str(port)], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while not (addresses := listening_addresses(port)) and time.monotonic() < deadline:
+            assert server.poll() is None, f"streamlit exited with {server.returncode}"
+            time.sleep(0.2)
+        assert addresses == {"0100007F"}, addresses  # 127.0.0.1; every interface would be 00000000
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
