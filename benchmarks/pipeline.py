@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from diyt.bundle import load_trained
-from diyt.config import KNOWN_CATEGORIES, Params, load_params
+from diyt.config import KNOWN_CATEGORIES, ConfigError, Params, load_params
 from diyt.eval.evaluate import evaluate_category
 from diyt.io import write_json
 from diyt.model.map_cache import MapCache
@@ -30,16 +30,21 @@ def with_overrides(raw: dict, items: list[str] | dict[str, object]) -> dict:
     for key, value in pairs:
         *parents, leaf = key.split(".")
         node = raw
-        for part in parents:
+        for depth, part in enumerate(parents, 1):
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value) if isinstance(value, str) else value
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parents[:depth])} is a value, not a section of params")
+        try:
+            node[leaf] = yaml.safe_load(value) if isinstance(value, str) else value
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}={value}: not a YAML value ({str(err).splitlines()[0]})") from None
     return raw
 
 
 def _split(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep:
-        raise SystemExit(f"error: --set {item!r}: expected key=value, e.g. train.finetune.epochs=4")
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.finetune.epochs=4")
     return key, value
 
 

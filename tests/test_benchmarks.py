@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,22 @@ def test_each_ablation_row_adds_one_seed_feature_to_the_plain_mae(benchmarks):
     assert added.pop("plain-mae") == set() and added.pop("diyt-full") == set(PLAIN)
     assert sorted(len(keys) for keys in added.values()) == [1] * len(PLAIN)
     assert set().union(*added.values()) == set(PLAIN)  # every feature has its row
+
+
+def test_set_overrides_parse_as_dvc_does_and_name_a_bad_one(benchmarks):
+    from pipeline import with_overrides
+
+    from diyt.config import ConfigError
+
+    raw = {"data": {"source": "synthetic", "categories": ["weave"]}, "train": {"seed": 0}}
+    assert with_overrides(raw, ["data.categories=[stone, nut]", "train.seed=3", "eval.sigma=2.5"]) == {
+        "data": {"source": "synthetic", "categories": ["stone", "nut"]}, "train": {"seed": 3}, "eval": {"sigma": 2.5}}
+    assert raw["data"]["categories"] == ["weave"]  # the original is not touched
+    for item, message in [("data.categories=[a", "--set data.categories=[a: not a YAML value"),
+                          ("data.source.kind=1", "--set data.source.kind: data.source is a value, not a section"),
+                          ("train.seed", "--set 'train.seed': expected key=value")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            with_overrides(raw, [item])
 
 
 SMALL = ["data.categories=[weave]", "data.synthetic.n_train=32", "data.synthetic.n_test_good=6",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,10 @@ def writable_folder(path: Path) -> None:
         raise ConfigError(f"--out {path}: a file is in the way; name a folder") from None
     except OSError as err:
         raise ConfigError(f"--out {path}: cannot create it ({err.strerror})") from None
+    try:  # before any scoring: a folder that exists but cannot be written to
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as err:
+        raise ConfigError(f"--out {path}: cannot write to it ({err.strerror})") from None
 
 
 def run_predict(args: argparse.Namespace) -> int:

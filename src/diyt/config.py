@@ -298,6 +298,9 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run from the project root or pass --params") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read it as a text file ({getattr(err, 'strerror', None) or err}); "
+                          "pass the params.yaml file") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if raw is not None and not isinstance(raw, dict):

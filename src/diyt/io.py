@@ -15,6 +15,18 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from diyt.errors import DiytError
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failure to create or replace `path` (no permission, a file where a folder must be, a full disk) into
+    one error naming it."""
+    try:
+        yield
+    except OSError as err:
+        raise DiytError(f"{path}: cannot write it ({err.strerror or err}); choose a writable place") from err
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -39,17 +51,19 @@ def atomic_path(path: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
     `clean=False` skips clearing a killed write's leftovers, which lists the folder: for one of thousands of files.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if clean:
-        remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if clean:
+            remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
-        if tmp.exists():  # mkstemp makes 0600 files; give the result the usual permissions
-            tmp.chmod(0o666 & ~_umask())
-        os.replace(tmp, path)
+        with _writing(path):
+            if tmp.exists():  # mkstemp makes 0600 files; give the result the usual permissions
+                tmp.chmod(0o666 & ~_umask())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -58,20 +72,22 @@ def atomic_path(path: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; on success it replaces `path` whole."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700 folders
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        with _writing(path):
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700 folders
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -143,4 +143,11 @@ def test_output_paths_in_the_way(project, tmp_path):
     refused(cli(["predict", "--model", project.bundle, "--input", project.category / "test", "--out",
                  tmp_path / "file"]), "--out", "a file is in the way; name a folder")
     refused(cli(["export", "--model", project.bundle, "--out", tmp_path]), f"--out {tmp_path}: a folder")
+    onnx = tmp_path / "file" / "model.onnx"  # its folder would have to be the file
+    refused(cli(["export", "--model", project.bundle, "--out", onnx]), f"{onnx}: cannot write it")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "heatmaps").write_text("in the way")
+    refused(cli(["predict", "--model", project.bundle, "--input", project.category / "test" / "good", "--out",
+                 tmp_path / "out"]), str(tmp_path / "out" / "heatmaps"), "cannot write it")
     assert (tmp_path / "file").read_text() == "in the way"
+    assert (tmp_path / "out" / "heatmaps").read_text() == "in the way"

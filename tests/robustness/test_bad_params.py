@@ -63,6 +63,16 @@ def test_params_that_are_not_a_mapping(tmp_path, text, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_params_that_cannot_be_read(tmp_path):
+    folder, binary = tmp_path / "folder.yaml", tmp_path / "binary.yaml"
+    folder.mkdir()
+    binary.write_bytes(b"\xff\xfe\x00\x81 not text")
+    for params in (folder, binary):
+        refused(call(stage("prepare"), ["--params", params, "--out", tmp_path / "out", "--cache", tmp_path / "c"]),
+                f"{params}: cannot read it as a text file")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("phase", ["pretrain", "finetune"])
 def test_batch_larger_than_the_dataset(project, phase):
     """Known only once the data is read: the training stages name the key and the largest batch that fits."""

@@ -70,8 +70,10 @@ def read_ablation(path: Path) -> Ablation | None:
         return None
     try:
         return Ablation.model_validate(json.loads(path.read_text()))
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DiytError(f"{path}: not valid JSON ({err}); rerun the ablation") from None
+    except OSError as err:
+        raise DiytError(f"{path}: cannot read it ({err.strerror or err}); rerun the ablation") from None
     except ValidationError as err:
         e = err.errors()[0]
         key = ".".join(str(p) for p in e["loc"])

@@ -25,8 +25,10 @@ def read_json(path: Path, remedy: str) -> object:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DiytError(f"{path}: missing; {remedy}") from None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DiytError(f"{path}: not valid JSON ({err}); {remedy}") from None
+    except OSError as err:
+        raise DiytError(f"{path}: cannot read it ({err.strerror or err}); {remedy}") from None
 
 
 @dataclass(frozen=True)
