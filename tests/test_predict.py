@@ -116,6 +116,10 @@ def test_heatmap_names_are_unique_and_stay_inside(tmp_path):
     names = heatmap_names(paths)
     assert names == [Path("a/good/000.png"), Path("a/hole/000.png"), Path("b/x.png")]
     assert heatmap_names([tmp_path / "one.tif"]) == [Path("one.png")]
+    # same stem, other suffix or case: each keeps its suffix; a name already taken gets a number
+    same = [tmp_path / "x.jpg", tmp_path / "x.png", tmp_path / "X.PNG", tmp_path / "x.jpg.png", tmp_path / "y.bmp"]
+    assert heatmap_names(same) == [Path("x.jpg.png"), Path("x.png.png"), Path("X.PNG-1.png"), Path("x.jpg-1.png"),
+                                   Path("y.png")]
 
 
 def test_inputs_from_files_folders_and_globs_never_from_the_output_folder(tmp_path):

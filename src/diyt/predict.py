@@ -13,6 +13,7 @@ import io
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -145,10 +146,30 @@ def find_inputs(specs: Sequence[str], exclude: Path | None = None) -> list[Path]
 
 
 def heatmap_names(paths: Sequence[Path]) -> list[Path]:
-    """Unique relative PNG names mirroring the inputs' folders below their common parent (no `..`, no absolutes)."""
+    """Unique relative PNG names mirroring the inputs' folders below their common parent (no `..`, no absolutes).
+
+    `x.jpg` becomes `x.png`; inputs that would share a name (`x.jpg` beside `x.png`, or names that differ only in
+    case, which a case-insensitive disk would merge) keep their suffix (`x.jpg.png`), and a number if still needed.
+    """
     absolute = [p.resolve() for p in paths]
     root = Path(os.path.commonpath([p.parent for p in absolute]))
-    return [p.relative_to(root).with_suffix(".png") for p in absolute]
+    relative = [p.relative_to(root) for p in absolute]
+
+    def key(name: Path) -> str:
+        return name.as_posix().casefold()
+
+    plain = [r.with_suffix(".png") for r in relative]
+    shared = Counter(map(key, plain))
+    names, taken = [], set()
+    for rel, name in zip(relative, plain):
+        if shared[key(name)] > 1:
+            name = rel.with_name(rel.name + ".png")
+        unique, n = name, 1
+        while key(unique) in taken:
+            unique, n = name.with_name(f"{name.stem}-{n}.png"), n + 1
+        taken.add(key(unique))
+        names.append(unique)
+    return names
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
