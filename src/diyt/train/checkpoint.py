@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save, save_file
 from torch import nn
 
 from diyt.errors import DiytError
-from diyt.io import atomic_path, write_json
+from diyt.io import atomic_dir, atomic_path, write_json
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "model.safetensors"
@@ -47,10 +47,11 @@ def state_tensors(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]
 
 
 def save_model(out_dir: Path, model: nn.Module, config: Mapping) -> None:
-    """`out_dir/model.safetensors` (the weights) and `out_dir/config.json` (how to rebuild and feed them)."""
-    with atomic_path(Path(out_dir) / WEIGHTS) as tmp:
-        save_file(state_tensors(model), tmp, metadata={"format": "pt"})
-    write_json(Path(out_dir) / CONFIG, dict(config))
+    """`out_dir/model.safetensors` (the weights) and `out_dir/config.json` (how to rebuild and feed them), replacing
+    the folder whole: a killed write never leaves new weights beside an old config."""
+    with atomic_dir(out_dir) as tmp:
+        save_file(state_tensors(model), tmp / WEIGHTS, metadata={"format": "pt"})
+        write_json(tmp / CONFIG, dict(config))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

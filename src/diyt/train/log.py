@@ -7,6 +7,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from diyt.io import write_text
+
 
 class StepLog:
     """Per-step loss and lr to `<log_dir>/plots/metrics/{loss,lr}.tsv` (x: step), and a progress bar.
@@ -54,4 +56,4 @@ def _drop_rows_from(metrics_dir: Path, step: int) -> None:
     for tsv in metrics_dir.rglob("*.tsv"):
         header, *rows = tsv.read_text().splitlines() or [""]
         kept = [r for r in rows if int(r.split("\t", 1)[0]) < step]
-        tsv.write_text("\n".join([header, *kept]) + "\n")
+        write_text(tsv, "\n".join([header, *kept]) + "\n")
