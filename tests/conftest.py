@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MAGNETIC_TILE = ROOT.parent / "shared" / "datasets" / "magnetic_tile"
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 

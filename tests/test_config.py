@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pydantic
 import pytest
 import yaml
 
@@ -19,8 +20,9 @@ def test_committed_params_are_valid(root):
 
 def test_defaults_are_frozen():
     params = parse_params({})
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         params.model.norm = "layernorm"  # type: ignore[misc]
+    assert params.model.norm == "dyt"
 
 
 def test_preset_overrides_reach_the_arch():

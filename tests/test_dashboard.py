@@ -8,6 +8,7 @@ with `dvc exp save`.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -198,7 +199,16 @@ def test_upload_checks_name_the_upload(project):
     score = inference.scorer(bundle)
     result = inference.score_upload(bundle, score, png(np.zeros((40, 50, 3), np.uint8)), "part.png")
     assert result.image.shape == (64, 64, 3) and result.heatmap.size == (64, 64)
-    assert result.verdict == ("anomalous" if result.score >= 0.45 else "normal")
+    noisy = png(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    assert inference.score_upload(bundle, score, png(np.zeros((40, 50, 3), np.uint8)), "again.png").score == \
+        result.score  # the same pixels, the same score
+    low, high = sorted([(result.score, png(np.zeros((40, 50, 3), np.uint8))),
+                        (inference.score_upload(bundle, score, noisy, "noisy.png").score, noisy)])
+    assert low[0] < high[0]
+    for threshold, verdicts in [(low[0], ["anomalous", "anomalous"]), ((low[0] + high[0]) / 2, ["normal", "anomalous"]),
+                                (np.nextafter(high[0], np.inf), ["normal", "normal"])]:
+        judged = dataclasses.replace(bundle, thresholds=dataclasses.replace(bundle.thresholds, image=float(threshold)))
+        assert [inference.score_upload(judged, score, data, "part.png").verdict for _, data in (low, high)] == verdicts
     with pytest.raises(DataError, match=r"^notes\.txt: not a readable image"):
         inference.score_upload(bundle, score, b"plain text", "notes.txt")
     with pytest.raises(DataError, match=r"^bomb\.png: .*decompression bomb"):

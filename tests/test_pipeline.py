@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
 import pytest
+import yaml
 
 from dvc_repo import make_repo
 
@@ -76,10 +78,19 @@ def test_full_chain_then_targeted_reruns(repo):
 def test_an_experiment_adds_a_metrics_entry(repo):
     repo.dvc("repro")
     repo.commit("baseline results")
+    base_sigma = yaml.safe_load((repo.path / "params.yaml").read_text())["eval"]["sigma"]
+    baseline = json.loads((repo.path / "reports/synthetic/metrics.json").read_text())
     repo.dvc("exp", "run", "-n", "sharper", "-S", "eval.sigma=0.5")
     table = json.loads(repo.dvc("exp", "show", "--json").stdout)
     experiments = [e for rev in table for e in (rev.get("experiments") or [])]
     names = {run["name"] for e in experiments for run in e.get("revs", [])} | {e.get("name") for e in experiments}
     assert "sharper" in names
-    diff = repo.dvc("exp", "diff", "HEAD", "sharper", "--json").stdout
-    assert "eval.sigma" in diff
+    diff = json.loads(repo.dvc("exp", "diff", "HEAD", "sharper", "--json").stdout)
+    sigma = diff["params"]["params.yaml"]["eval.sigma"]
+    assert (sigma["old"], sigma["new"]) == (base_sigma, 0.5) and base_sigma != 0.5
+    changed = diff["metrics"]["reports/synthetic/metrics.json"]
+    assert changed["mean.aupro"]["old"] == pytest.approx(baseline["mean"]["aupro"])
+    repo.dvc("exp", "apply", "sharper")  # the entry is the experiment's own metrics file
+    applied = json.loads((repo.path / "reports/synthetic/metrics.json").read_text())
+    assert {key: entry["new"] for key, entry in changed.items()} == pytest.approx(
+        {key: functools.reduce(dict.__getitem__, key.split("."), applied) for key in changed})

@@ -1,9 +1,11 @@
-"""Dataset sources: tiny archives in each real layout served over local HTTP, the real Magnetic Tile copy in
-../shared, and the validation of a user's folder."""
+"""Dataset sources: tiny archives in each real layout served over local HTTP, a real local copy of Magnetic Tile
+($DIYT_MAGNETIC_TILE, else shared/datasets/magnetic_tile beside the project), and the validation of a user's
+folder."""
 
 from __future__ import annotations
 
 import io
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from diyt.config import DataParams
 from diyt.data.sources import Counts, load_samples, tile_parts
 from diyt.errors import DataError
 
-SHARED_MAGNETIC_TILE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile"
+MAGNETIC_TILE = Path(os.environ.get("DIYT_MAGNETIC_TILE")
+                     or Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile")
 MT_TOP = "Magnetic-tile-defect-datasets.-cc4eb530b57b9cb7225bf76023873043ffd50655"
 
 
@@ -193,10 +196,10 @@ def test_magnetic_tile_missing_mask(tmp_path):
                      "tile", tmp_path)
 
 
-@pytest.mark.skipif(not SHARED_MAGNETIC_TILE.is_dir(), reason="the shared Magnetic Tile copy is absent")
+@pytest.mark.skipif(not MAGNETIC_TILE.is_dir(), reason="no local Magnetic Tile copy (set DIYT_MAGNETIC_TILE)")
 def test_magnetic_tile_real_copy(tmp_path):
     def load(seed: int):
-        data = DataParams(source="magnetic_tile", path=str(SHARED_MAGNETIC_TILE), categories=("tile",),
+        data = DataParams(source="magnetic_tile", path=str(MAGNETIC_TILE), categories=("tile",),
                           split_seed=seed)
         return load_samples(data, "tile", tmp_path)
 
@@ -218,7 +221,7 @@ def test_magnetic_tile_real_copy(tmp_path):
     assert samples[0].load_image().mode == "RGB"
 
     # by tile: its photographs (exp1..exp6 of one tile) never on both sides, the totals unchanged
-    by_part = load_samples(DataParams(source="magnetic_tile", path=str(SHARED_MAGNETIC_TILE),
+    by_part = load_samples(DataParams(source="magnetic_tile", path=str(MAGNETIC_TILE),
                                       categories=("tile",), split_by="part"), "tile", tmp_path)
     free = [s for s in by_part if s.is_normal]
     sides = {}

@@ -4,7 +4,9 @@ in one line naming the archive or URL and what to do; nothing is extracted or pr
 
 from __future__ import annotations
 
+import csv
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -48,7 +50,14 @@ def test_an_intact_archive_prepares(monkeypatch, server, tmp_path):
     serve_spec(monkeypatch, server, DATASET, "mvtec.tar.xz", tar_bytes(bottle()), counts={})
     outcome = prepare(tmp_path)
     assert outcome.code == 0, outcome.stderr
-    assert (tmp_path / "prepared" / DATASET / "bottle" / "manifest.csv").is_file()
+    category = tmp_path / "prepared" / DATASET / "bottle"
+    with open(category / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert Counter((r["split"], r["defect_type"], r["label"]) for r in rows) == {
+        ("train", "good", "0"): 2, ("val", "good", "0"): 2, ("test", "good", "0"): 1, ("test", "broken", "1"): 1}
+    assert all((category / r["path"]).is_file() for r in rows)
+    assert [r["mask_path"] for r in rows if r["label"] == "1"] == ["ground_truth/broken/000_mask.png"]
+    assert (category / "ground_truth" / "broken" / "000_mask.png").is_file()
 
 
 def test_tampered_archive(monkeypatch, server, tmp_path):

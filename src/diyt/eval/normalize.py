@@ -8,13 +8,10 @@ error" into "larger than usual here". The statistics come from the validation sp
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
-
-MapNormalization = Literal["none", "position"]
-
 
 class PositionStats(NamedTuple):
     mean: Tensor  # (H, W) mean of the validation maps at each pixel

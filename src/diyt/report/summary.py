@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from diyt.eval.metrics import METRIC_KEYS
-from diyt.report.results import read_json
-
-
-def read_metrics(path: Path) -> dict:
-    return read_json(path, "run the evaluate stage first (dvc repro)")
 
 
 def summarize(per_category: Mapping[str, Mapping[str, float]], keys: Sequence[str] = METRIC_KEYS) -> dict:
