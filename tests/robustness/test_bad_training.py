@@ -5,9 +5,12 @@ line naming the file and what to do, and leaves no output of the stage behind.""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import badfiles as bf
@@ -81,8 +84,8 @@ def test_truncated_checkpoint(project):
     refuses(project, "pretrain", f"{checkpoint}: not a readable checkpoint", "delete it to train from scratch")
 
 
-def test_unfinished_checkpoint_of_other_params(project):
-    """A run killed at step 1 of 4, then started again under another seed: refused, naming the change."""
+def killed_at_step_1(project) -> tuple[dict, Path]:
+    """A 4-step pre-training whose checkpoint is left as a run killed after step 1: (train params, checkpoint)."""
     four_steps = {**MICRO["train"], "pretrain": {**MICRO["train"]["pretrain"], "steps": 4}}
     project.set_params(train=four_steps)
     checkpoint = project.root / "checkpoints" / "pretrain" / "checkpoint.safetensors"
@@ -91,10 +94,27 @@ def test_unfinished_checkpoint_of_other_params(project):
     with safetensors.safe_open(checkpoint, "pt") as f:  # the finished checkpoint, rewound to step 1
         meta = f.metadata()
     save_file(load_file(checkpoint), checkpoint, metadata={**meta, "step": "1"})
+    return four_steps, checkpoint
+
+
+def test_unfinished_checkpoint_of_other_params(project):
+    """A run killed at step 1 of 4, then started again under another seed: refused, naming the change."""
+    four_steps, checkpoint = killed_at_step_1(project)
     project.set_params(train={**four_steps, "seed": 7})
-    refuses(project, "pretrain", f"{checkpoint}: an unfinished run (step 1/4) of other params", "train.seed 0 -> 7",
-            "delete the checkpoint to train from scratch")
+    refuses(project, "pretrain", f"{checkpoint}: an unfinished run (step 1/4) of other params or data",
+            "train.seed 0 -> 7", "delete the checkpoint to train from scratch")
     assert ckpt.read_run(checkpoint).step == 1  # the refused run left it as it was
+
+
+def test_unfinished_checkpoint_of_other_train_images(project):
+    """A run killed at step 1 of 4, then started again on a train image that changed since: refused, not mixed."""
+    _, checkpoint = killed_at_step_1(project)
+    image = sorted((project.category / "train" / "good").glob("*.png"))[0]
+    with Image.open(image) as img:
+        Image.fromarray(255 - np.asarray(img)).save(image)  # same size and count, other pixels
+    refuses(project, "pretrain", f"{checkpoint}: an unfinished run (step 1/4) of other params or data",
+            "train_images", "delete the checkpoint to train from scratch")
+    assert ckpt.read_run(checkpoint).step == 1
 
 
 def test_finetune_of_a_category_not_in_params(project):

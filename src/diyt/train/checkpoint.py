@@ -176,13 +176,13 @@ def read_run(path: Path) -> RunState | None:
 
 
 def check_compatible(path: Path, saved: RunState, fingerprint: Mapping) -> None:
-    """Refuse to resume an unfinished run of other params, naming what differs."""
+    """Refuse to resume an unfinished run of other params or train images, naming what differs."""
     if fingerprint_digest(saved.fingerprint) == fingerprint_digest(fingerprint):
         return
     changes = [f"{key} {old!r} -> {new!r}" for key, old, new in _differences(saved.fingerprint, fingerprint)]
-    raise DiytError(f"{path}: an unfinished run (step {saved.step}/{saved.total_steps}) of other params "
+    raise DiytError(f"{path}: an unfinished run (step {saved.step}/{saved.total_steps}) of other params or data "
                     f"({'; '.join(changes[:5]) or 'different params'}); delete the checkpoint to train from "
-                    f"scratch, or restore those params to resume it")
+                    f"scratch, or restore those params and data to resume it")
 
 
 def resume(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:

@@ -9,6 +9,7 @@ so neither workers, ranks nor a resume in the middle of an epoch change what an 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,6 +37,14 @@ class TrainImages(Dataset):
 
     def __len__(self) -> int:
         return self.offsets[-1] if self.offsets else 0
+
+    def digest(self) -> str:
+        """SHA-256 of the decoded train images, category by category: what a resumed run must train on."""
+        sha = hashlib.sha256()
+        for part in self.parts:
+            sha.update(str(tuple(part.images.shape)).encode())
+            sha.update(part.images.contiguous().numpy().tobytes())
+        return sha.hexdigest()
 
     def locate(self, index: int) -> tuple[AnomalyDataset, int]:
         part = bisect.bisect_right(self.offsets, index)

@@ -50,6 +50,7 @@ def run_phase(phase: Phase, *, model_params: ModelParams, data: DataParams, trai
             init_sha = ckpt.file_digest(weights)
         arch = model_params.arch
         dataset = train_images(Path(dataset_dir), categories, data, arch.image_size, train_params.seed)
+        images_sha = dataset.digest()
         if not model.source.is_pixels:  # a frozen backbone: its feature maps once, not once per epoch
             dataset = TrainFeatures(dataset, model.source.to(runtime.device), runtime.device, MapCache(feature_cache))
             if init_dir is None:  # pre-training fits the feature statistics; fine-tuning keeps them
@@ -63,7 +64,8 @@ def run_phase(phase: Phase, *, model_params: ModelParams, data: DataParams, trai
                        "train": {"seed": train_params.seed, phase: phase_params.model_dump(mode="json")}}
         result = train(model, dataset, phase_params, phase_name=phase, seed=train_params.seed, runtime=runtime,
                        checkpointing=Checkpointing(Path(checkpoint_dir) / ckpt.CHECKPOINT,
-                                                   train_params.checkpoint_every, fingerprint),
+                                                   train_params.checkpoint_every,  # resumed only on the same images
+                                                   {**fingerprint, "train_images": images_sha[:12]}),
                        log_dir=log_dir, desc=f"{phase} {'+'.join(categories)}")
         if not runtime.is_main:
             return None
