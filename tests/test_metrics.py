@@ -90,6 +90,24 @@ def test_aupro_hand_computed_two_regions():
     assert reference_aupro(HAND_MASK, HAND_MAP) == pytest.approx(HAND_AUPRO, abs=1e-12)
 
 
+def test_aupro_hand_computed_with_a_defect_free_image():
+    """The hand case beside a defect-free 4x4 image whose map holds a 5 and a 3: its 16 pixels join the false
+    positives' denominator (26 ok pixels in all) and its 5 comes before any region is covered."""
+    good_map = np.zeros((1, 4, 4))
+    good_map[0, 0, 0], good_map[0, 3, 3] = 5, 3
+    masks, maps = np.concatenate([HAND_MASK, np.zeros_like(HAND_MASK)]), np.concatenate([HAND_MAP, good_map])
+    # threshold  PRO     FP  FPR       (curve from (0, 0); PRO at FPR .3 = .875 + .125 * (7.8 - 6) / 2 = .9875)
+    #  >= 5      0       1   1/26
+    #  >= 4      .625    1   1/26
+    #  >= 3      .75     3   3/26
+    #  >= 2      .875    6   6/26
+    #  >= 1      1       8   8/26
+    # area * 26 = (.625 + .75) / 2 * 2 + (.75 + .875) / 2 * 3 + (.875 + .9875) / 2 * 1.8 = 5.48875; / 26 / .3
+    expected = 5.48875 / 26 / 0.3
+    assert aupro(masks, maps) == pytest.approx(expected, abs=1e-12)
+    assert reference_aupro(masks, maps) == pytest.approx(expected, abs=1e-12)
+
+
 def test_aupro_is_one_for_a_perfect_map():
     masks = random_regions(np.random.default_rng(0), 6, 32, 32, 12)
     assert aupro(masks, masks.astype(float)) == pytest.approx(1.0, abs=1e-12)
