@@ -243,7 +243,7 @@ def test_bf16_autocast_on_a_cpu_is_deterministic_and_close_to_float32(dataset_di
         _crash_at(9, m)
         with pytest.raises(Crash):
             _pretrain(params, dataset_dir, tmp_path / "c")
-    with pytest.raises(DiytError, match=r"of other params or data \(precision 'bf16' -> 'float32'\)"):
+    with pytest.raises(DiytError, match=r"of other params, data or code \(precision 'bf16' -> 'float32'\)"):
         _pretrain(_params(), dataset_dir, tmp_path / "c")
 
 
@@ -279,8 +279,8 @@ def test_foreign_checkpoint_is_refused_and_its_own_run_resumes(dataset_dir, refe
         with pytest.raises(Crash):
             _pretrain(_params(), dataset_dir, tmp_path, log=True)
     checkpoint = tmp_path / "checkpoint" / "checkpoint.safetensors"
-    with pytest.raises(DiytError, match=rf"{checkpoint}: an unfinished run \(step 8/{STEPS}\) of other params or data "
-                                        r"\(train.pretrain.base_lr 0.05 -> 0.1\); delete the checkpoint"):
+    with pytest.raises(DiytError, match=rf"{checkpoint}: an unfinished run \(step 8/{STEPS}\) of other params, data or "
+                                        r"code \(train.pretrain.base_lr 0.05 -> 0.1\); delete the checkpoint"):
         _pretrain(_params(pretrain={"base_lr": 0.1}), dataset_dir, tmp_path)
     result = _pretrain(_params(), dataset_dir, tmp_path, log=True)
     assert result.resumed_from == 8

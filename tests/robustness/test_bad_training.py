@@ -4,6 +4,7 @@ line naming the file and what to do, and leaves no output of the stage behind.""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def test_unfinished_checkpoint_of_other_params(project):
     """A run killed at step 1 of 4, then started again under another seed: refused, naming the change."""
     four_steps, checkpoint = killed_at_step_1(project)
     project.set_params(train={**four_steps, "seed": 7})
-    refuses(project, "pretrain", f"{checkpoint}: an unfinished run (step 1/4) of other params or data",
+    refuses(project, "pretrain", f"{checkpoint}: an unfinished run (step 1/4) of other params, data or code",
             "train.seed 0 -> 7", "delete the checkpoint to train from scratch")
     assert ckpt.read_run(checkpoint).step == 1  # the refused run left it as it was
 
@@ -112,9 +113,22 @@ def test_unfinished_checkpoint_of_other_train_images(project):
     image = sorted((project.category / "train" / "good").glob("*.png"))[0]
     with Image.open(image) as img:
         Image.fromarray(255 - np.asarray(img)).save(image)  # same size and count, other pixels
-    refuses(project, "pretrain", f"{checkpoint}: an unfinished run (step 1/4) of other params or data",
+    refuses(project, "pretrain", f"{checkpoint}: an unfinished run (step 1/4) of other params, data or code",
             "train_images", "delete the checkpoint to train from scratch")
     assert ckpt.read_run(checkpoint).step == 1
+
+
+def test_unfinished_checkpoint_of_other_code(project):
+    """A run begun under other training code (as its fingerprint records it): refused, naming the code's digest."""
+    _, checkpoint = killed_at_step_1(project)
+    with safetensors.safe_open(checkpoint, "pt") as f:
+        meta = f.metadata()
+    fingerprint = json.loads(meta["fingerprint"])
+    assert fingerprint["code"] == ckpt.code_digest()
+    save_file(load_file(checkpoint), checkpoint,
+              metadata={**meta, "fingerprint": json.dumps({**fingerprint, "code": "0" * 12})})
+    refuses(project, "pretrain", f"{checkpoint}: an unfinished run (step 1/4) of other params, data or code",
+            f"code '{'0' * 12}' -> '{ckpt.code_digest()}'")
 
 
 def test_finetune_of_a_category_not_in_params(project):

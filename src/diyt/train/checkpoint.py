@@ -35,6 +35,17 @@ def fingerprint_digest(fingerprint: Mapping) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def code_digest() -> str:
+    """sha256 (12 hex digits) of the source that decides what training computes: diyt's config, data, model and
+    train code. An unfinished run resumes only under the code that began it."""
+    package = Path(__file__).resolve().parents[1]
+    sha = hashlib.sha256()
+    sources = [package / "config.py", *(p for d in ("data", "model", "train") for p in (package / d).rglob("*.py"))]
+    for path in sorted(sources):
+        sha.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return sha.hexdigest()[:12]
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes, e.g. the initial weights a fine-tuning starts from."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -176,13 +187,13 @@ def read_run(path: Path) -> RunState | None:
 
 
 def check_compatible(path: Path, saved: RunState, fingerprint: Mapping) -> None:
-    """Refuse to resume an unfinished run of other params or train images, naming what differs."""
+    """Refuse to resume an unfinished run of other params, train images or training code, naming what differs."""
     if fingerprint_digest(saved.fingerprint) == fingerprint_digest(fingerprint):
         return
     changes = [f"{key} {old!r} -> {new!r}" for key, old, new in _differences(saved.fingerprint, fingerprint)]
-    raise DiytError(f"{path}: an unfinished run (step {saved.step}/{saved.total_steps}) of other params or data "
-                    f"({'; '.join(changes[:5]) or 'different params'}); delete the checkpoint to train from "
-                    f"scratch, or restore those params and data to resume it")
+    raise DiytError(f"{path}: an unfinished run (step {saved.step}/{saved.total_steps}) of other params, data or "
+                    f"code ({'; '.join(changes[:5]) or 'different params'}); delete the checkpoint to train from "
+                    f"scratch, or restore those params, data and code to resume it")
 
 
 def resume(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:

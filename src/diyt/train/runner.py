@@ -65,7 +65,8 @@ def run_phase(phase: Phase, *, model_params: ModelParams, data: DataParams, trai
         result = train(model, dataset, phase_params, phase_name=phase, seed=train_params.seed, runtime=runtime,
                        checkpointing=Checkpointing(Path(checkpoint_dir) / ckpt.CHECKPOINT,
                                                    train_params.checkpoint_every,  # resumed only on the same images
-                                                   {**fingerprint, "train_images": images_sha[:12]}),
+                                                   {**fingerprint, "train_images": images_sha[:12],
+                                                    "code": ckpt.code_digest()}),
                        log_dir=log_dir, desc=f"{phase} {'+'.join(categories)}")
         if not runtime.is_main:
             return None
