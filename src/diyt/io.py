@@ -7,6 +7,7 @@ killed write left there is removed by the next write of the same target.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -18,6 +19,16 @@ from pathlib import Path
 from diyt.errors import DiytError
 
 
+# a write that fails for want of room or a writable disk, wherever in it: said as the output's, not the caller's
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _cannot_write(path: Path, err: OSError) -> DiytError:
+    other = Path(err.filename) if err.filename else path  # what is in the way, unless the output or our temporary
+    blocker = "" if other == path or other.name.endswith(".tmp") else f": {other}"
+    return DiytError(f"{path}: cannot write it ({err.strerror or err}{blocker}); choose a writable place with room")
+
+
 @contextlib.contextmanager
 def _writing(path: Path) -> Iterator[None]:
     """Turn a failure to create or replace `path` (no permission, a file where a folder must be, a full disk) into
@@ -25,7 +36,19 @@ def _writing(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        raise DiytError(f"{path}: cannot write it ({err.strerror or err}); choose a writable place") from err
+        raise _cannot_write(path, err) from err
+
+
+@contextlib.contextmanager
+def _filling(path: Path) -> Iterator[None]:
+    """Around the caller's own writing: only a full or read-only disk becomes the output's error; any other
+    OSError is the caller's to report."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in _FULL:
+            raise _cannot_write(path, err) from err
+        raise
 
 
 def _umask() -> int:
@@ -59,7 +82,8 @@ def atomic_path(path: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
         os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
+        with _filling(path):
+            yield tmp
         with _writing(path):
             if tmp.exists():  # mkstemp makes 0600 files; give the result the usual permissions
                 tmp.chmod(0o666 & ~_umask())
@@ -77,7 +101,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         remove_stale_temps(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        with _filling(path):
+            yield tmp
         with _writing(path):
             tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700 folders
             if path.exists():
@@ -97,8 +122,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def json_text(obj: object) -> str:
+    """How DiyT writes JSON: indented, keys in their given order, a final newline."""
+    return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: object) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text(path, json_text(obj))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

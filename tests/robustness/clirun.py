@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -60,12 +61,18 @@ def call(main: Callable[[list[str]], object], argv: Sequence[str]) -> Outcome:
 
 
 def spawn(args: Sequence[str | os.PathLike], cwd: Path = ROOT, env: dict[str, str] | None = None,
-          timeout: float = 120) -> Outcome:
-    """A real `python <args>` process (the source tree first on its path)."""
+          timeout: float = 120, max_file_bytes: int | None = None) -> Outcome:
+    """A real `python <args>` process (the source tree first on its path); `max_file_bytes` caps the size of any
+    file it writes (RLIMIT_FSIZE: a longer write fails with EFBIG, as on a full disk)."""
     base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env={**base, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=cap if max_file_bytes is not None else None)
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
 
 

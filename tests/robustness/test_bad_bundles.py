@@ -14,7 +14,7 @@ from PIL import Image
 
 import badfiles as bf
 import evil
-from clirun import cli, refused, untouched
+from clirun import cli, refused, spawn, untouched
 
 REMAKE = "make it again with `dvc repro evaluate@<category>`"
 
@@ -136,6 +136,15 @@ def test_no_input_images(project, tmp_path, monkeypatch, inputs, message):
     (tmp_path / "empty_dir").mkdir()
     refused(cli(["predict", "--model", project.bundle, "--input", *inputs, "--out", tmp_path / "out"]), message)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_is_named_and_leaves_nothing(project, tmp_path):
+    """Files capped at 4 KB: the ONNX graph cannot be written (EFBIG, as ENOSPC on a full disk)."""
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "model.onnx"
+    refused(spawn(["-m", "diyt", "export", "--model", project.bundle, "--out", out], max_file_bytes=4096),
+            f"{out}: cannot write it (File too large); choose a writable place with room")
+    assert list((tmp_path / "out").iterdir()) == []  # neither the graph nor its temporary
 
 
 def test_output_paths_in_the_way(project, tmp_path):

@@ -136,16 +136,16 @@ def extract(archive: Path, target: Path) -> Path:
     """Extract a .zip, .tar, .tar.gz or .tar.xz into `target`, atomically; unsafe members are refused."""
     archive, target = Path(archive), Path(target)
     extractor = _EXTRACTORS[_archive_kind(archive)]
-    try:
-        with atomic_dir(target) as tmp:
+    with atomic_dir(target) as tmp:  # creating and renaming the folder: its own one-line error
+        try:
             extractor(archive, tmp.resolve())
-    except (*_CORRUPT, OSError) as err:
-        if isinstance(err, OSError) and err.errno in _UNWRITABLE:
-            raise DataError(f"{target}: cannot write what {archive.name} holds ({err.strerror}); free some space "
-                            f"or make {target.parent} writable, then run again") from None
-        detail = next(iter(str(err).splitlines()), "").rstrip(":")  # tarfile lists every method it tried
-        raise DataError(f"{archive}: truncated or corrupt archive ({type(err).__name__}: {detail}); delete it "
-                        "and download it again") from None
+        except (*_CORRUPT, OSError) as err:
+            if isinstance(err, OSError) and err.errno in _UNWRITABLE:
+                raise DataError(f"{target}: cannot write what {archive.name} holds ({err.strerror}); free some "
+                                f"space or make {target.parent} writable, then run again") from None
+            detail = next(iter(str(err).splitlines()), "").rstrip(":")  # tarfile lists every method it tried
+            raise DataError(f"{archive}: truncated or corrupt archive ({type(err).__name__}: {detail}); delete "
+                            "it and download it again") from None
     return target
 
 
