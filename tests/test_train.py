@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -28,7 +29,7 @@ from diyt.model import build_model
 from diyt.train import (Batches, Checkpointing, lr_at, peak_lr, relaunch_under_torchrun, run_phase, train,
                         train_images)
 from diyt.model.blocks import attention
-from diyt.train.checkpoint import RunState, read_run, resume, save_checkpoint
+from diyt.train.checkpoint import TRAINING_CODE, RunState, code_digest, read_run, resume, save_checkpoint
 from diyt.train.distributed import Runtime, cpu_has_bf16_matmul, start
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +125,25 @@ def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out
     return out
+
+
+# ---------------------------------------------------------------------------------------------- code digest
+def test_code_digest_follows_the_training_code_only(tmp_path):
+    package = tmp_path / "diyt"
+    shutil.copytree(ROOT / "src" / "diyt", package, ignore=shutil.ignore_patterns("__pycache__"))
+    base = code_digest(package)
+    assert base == code_digest()  # where the package lies does not count
+    (package / "train" / "__pycache__").mkdir()
+    (package / "train" / "__pycache__" / "loop.cpython-311.pyc").write_bytes(b"compiled")
+    (package / "eval" / "scratch.py").write_text("x = 1\n")  # outside the training code
+    (package / "model" / ".#lock.py").symlink_to(package / "nowhere.py")  # an editor's dangling lock link
+    loop_py = package / "train" / "loop.py"
+    loop_py.write_bytes(loop_py.read_bytes().replace(b"\n", b"\r\n"))  # a checkout with other line endings
+    assert code_digest(package) == base
+    loop_py.write_text(loop_py.read_text() + "# changed\n")
+    assert code_digest(package) != base
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["pretrain"]["deps"]
+    assert {f"src/diyt/{entry}" for entry in TRAINING_CODE} <= set(deps)
 
 
 # ------------------------------------------------------------------------------------------------ schedule
@@ -365,6 +385,7 @@ def test_finetune_stage_starts_from_the_pretrained_weights(dataset_dir, tmp_path
     assert "fine-tuned nut 4 steps" in capsys.readouterr().out
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert (config["phase"], config["categories"]) == ("finetune", ["nut"])
+    assert read_run(tmp_path / "ft" / "checkpoint" / "checkpoint.safetensors").finished  # kept beside the model
     # 4 steps at lr <= 5e-4 * 4 / 256 move the pre-trained weights by ~1e-5, a fresh init is ~0.1 away
     pre, fine = load_file(tmp_path / "pre/model/model.safetensors"), load_file(tmp_path / "ft/model.safetensors")
     head = "decoder.head.weight"

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save, save_file
 from torch import nn
 
 from diyt.errors import DiytError
-from diyt.io import atomic_dir, atomic_path, write_json
+from diyt.io import atomic_path, json_text
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "model.safetensors"
@@ -35,14 +35,21 @@ def fingerprint_digest(fingerprint: Mapping) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def code_digest() -> str:
-    """sha256 (12 hex digits) of the source that decides what training computes: diyt's config, data, model and
-    train code. An unfinished run resumes only under the code that began it."""
-    package = Path(__file__).resolve().parents[1]
+# the code pretrain and finetune depend on in dvc.yaml, less io.py (atomic writes: it computes nothing)
+TRAINING_CODE = ("config.py", "data/dataset.py", "data/images.py", "data/layout.py", "model", "train")
+
+
+def code_digest(package: Path | None = None) -> str:
+    """sha256 (12 hex digits) of the source that decides what training computes (`TRAINING_CODE` under the diyt
+    package): an unfinished run resumes only under the code that began it. Regular .py files only, line endings
+    normalised, so a checkout on another system gives the same digest."""
+    package = Path(package or Path(__file__).resolve().parents[1])
+    sources = [path for entry in TRAINING_CODE
+               for path in ([package / entry] if entry.endswith(".py") else (package / entry).rglob("*.py"))]
     sha = hashlib.sha256()
-    sources = [package / "config.py", *(p for d in ("data", "model", "train") for p in (package / d).rglob("*.py"))]
-    for path in sorted(sources):
-        sha.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in sorted(p for p in sources if p.is_file() and not p.is_symlink()):
+        sha.update(path.relative_to(package).as_posix().encode() + b"\0")
+        sha.update(path.read_bytes().replace(b"\r\n", b"\n") + b"\0")
     return sha.hexdigest()[:12]
 
 
@@ -58,11 +65,12 @@ def state_tensors(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]
 
 
 def save_model(out_dir: Path, model: nn.Module, config: Mapping) -> None:
-    """`out_dir/model.safetensors` (the weights) and `out_dir/config.json` (how to rebuild and feed them), replacing
-    the folder whole: a killed write never leaves new weights beside an old config."""
-    with atomic_dir(out_dir) as tmp:
-        save_file(state_tensors(model), tmp / WEIGHTS, metadata={"format": "pt"})
-        write_json(tmp / CONFIG, dict(config))
+    """`out_dir/model.safetensors` (the weights) and `out_dir/config.json` (how to rebuild and feed them). Both are
+    written in full to temporaries first and renamed one right after the other, so a killed write leaves the old
+    pair or the new one (the folder's other files are left alone)."""
+    with atomic_path(Path(out_dir) / WEIGHTS) as weights, atomic_path(Path(out_dir) / CONFIG) as settings:
+        save_file(state_tensors(model), weights, metadata={"format": "pt"})
+        settings.write_text(json_text(dict(config)))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

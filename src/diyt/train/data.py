@@ -43,7 +43,7 @@ class TrainImages(Dataset):
         sha = hashlib.sha256()
         for part in self.parts:
             sha.update(str(tuple(part.images.shape)).encode())
-            sha.update(part.images.contiguous().numpy().tobytes())
+            sha.update(part.images.contiguous().numpy())
         return sha.hexdigest()
 
     def locate(self, index: int) -> tuple[AnomalyDataset, int]:
