@@ -8,7 +8,8 @@ table per scorer (overall and per defect type), then as its last line one JSON o
 fine grid; with `--work` a second run with another scorer reuses the trained models.
 
 Usage (from the project root):
-    python benchmarks/quality.py --dataset magnetic_tile --data-path PATH/TO/magnetic_tile    # a local copy; without --data-path, downloaded
+    python benchmarks/quality.py --dataset magnetic_tile --data-path PATH/TO/magnetic_tile   # a local copy
+    python benchmarks/quality.py --dataset magnetic_tile                                     # downloads it
     python benchmarks/quality.py --dataset magnetic_tile --data-path PATH --minutes 30 --set train.finetune.epochs=4
 `--minutes` is the training budget: the run says whether pre-training, fine-tuning and fitting the error level
 and the residual whitening (`eval.error_level`, `eval.error_whitening`, fitted to the train normals in the

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+
 class PositionStats(NamedTuple):
     mean: Tensor  # (H, W) mean of the validation maps at each pixel
     scale: Tensor  # (H, W) their std plus the floor
