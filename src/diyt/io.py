@@ -20,35 +20,22 @@ from diyt.errors import DiytError
 
 
 # a write that fails for want of room or a writable disk, wherever in it: said as the output's, not the caller's
-_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
-
-
-def _cannot_write(path: Path, err: OSError) -> DiytError:
-    other = Path(err.filename) if err.filename else path  # what is in the way, unless the output or our temporary
-    blocker = "" if other == path or other.name.endswith(".tmp") else f": {other}"
-    return DiytError(f"{path}: cannot write it ({err.strerror or err}{blocker}); choose a writable place with room")
+FULL_DISK = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 @contextlib.contextmanager
-def _writing(path: Path) -> Iterator[None]:
-    """Turn a failure to create or replace `path` (no permission, a file where a folder must be, a full disk) into
-    one error naming it."""
+def _naming(path: Path, only: frozenset[int] | None = None) -> Iterator[None]:
+    """Turn an OSError (or only those of the errnos `only`; any other stays the caller's) into one error naming
+    `path` and what is in the way, unless that is the output or our temporary."""
     try:
         yield
     except OSError as err:
-        raise _cannot_write(path, err) from err
-
-
-@contextlib.contextmanager
-def _filling(path: Path) -> Iterator[None]:
-    """Around the caller's own writing: only a full or read-only disk becomes the output's error; any other
-    OSError is the caller's to report."""
-    try:
-        yield
-    except OSError as err:
-        if err.errno in _FULL:
-            raise _cannot_write(path, err) from err
-        raise
+        if only is not None and err.errno not in only:
+            raise
+        other = Path(err.filename) if err.filename else path
+        blocker = "" if other == path or other.name.endswith(".tmp") else f": {other}"
+        raise DiytError(f"{path}: cannot write it ({err.strerror or err}{blocker}); choose a writable place "
+                        "with room") from err
 
 
 def _umask() -> int:
@@ -74,7 +61,7 @@ def atomic_path(path: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
     `clean=False` skips clearing a killed write's leftovers, which lists the folder: for one of thousands of files.
     """
     path = Path(path)
-    with _writing(path):
+    with _naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         if clean:
             remove_stale_temps(path)
@@ -82,9 +69,9 @@ def atomic_path(path: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
         os.close(fd)
     tmp = Path(tmp)
     try:
-        with _filling(path):
+        with _naming(path, only=FULL_DISK):
             yield tmp
-        with _writing(path):
+        with _naming(path):
             if tmp.exists():  # mkstemp makes 0600 files; give the result the usual permissions
                 tmp.chmod(0o666 & ~_umask())
             os.replace(tmp, path)
@@ -96,14 +83,14 @@ def atomic_path(path: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; on success it replaces `path` whole."""
     path = Path(path)
-    with _writing(path):
+    with _naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        with _filling(path):
+        with _naming(path, only=FULL_DISK):
             yield tmp
-        with _writing(path):
+        with _naming(path):
             tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700 folders
             if path.exists():
                 old = path.with_name(f".{path.name}.old")

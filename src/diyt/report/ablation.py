@@ -33,6 +33,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from diyt.errors import DiytError
+from diyt.report.results import read_json
 
 
 HOW_TO_RUN = "python benchmarks/ablation.py"  # trains and evaluates every row, writes the file
@@ -68,12 +69,9 @@ def read_ablation(path: Path) -> Ablation | None:
     path = Path(path)
     if not path.exists():
         return None
+    raw = read_json(path, "rerun the ablation")
     try:
-        return Ablation.model_validate(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DiytError(f"{path}: not valid JSON ({err}); rerun the ablation") from None
-    except OSError as err:
-        raise DiytError(f"{path}: cannot read it ({err.strerror or err}); rerun the ablation") from None
+        return Ablation.model_validate(raw)
     except ValidationError as err:
         e = err.errors()[0]
         key = ".".join(str(p) for p in e["loc"])
