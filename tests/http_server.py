@@ -9,6 +9,7 @@ import io
 import re
 import socket
 import stat
+import subprocess
 import tarfile
 import threading
 import time
@@ -22,6 +23,23 @@ from diyt.data.sources import Archive
 
 
 RATE_CHUNK = 16 * 1024
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(server: subprocess.Popen, seconds: float = 15) -> None:
+    """Terminate a server process, and kill it if it has not exited within `seconds`."""
+    server.terminate()
+    try:
+        server.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 @dataclass

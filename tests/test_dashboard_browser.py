@@ -10,7 +10,6 @@ Screenshots go to $DIYT_SCREENSHOTS or to pytest's temporary folder.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from diyt.data import synthetic
+from http_server import free_port, stop
 from test_dashboard import make_project
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -38,12 +38,6 @@ def complete_results(root: Path) -> bool:
     category = root / "reports" / DATASET / "categories" / CATEGORY
     return ((root / "reports" / DATASET / "metrics.json").is_file() and any((category / "figures").glob("*.png"))
             and (root / "models" / DATASET / CATEGORY / "model.safetensors").is_file())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(url: str, server: subprocess.Popen, log: Path, seconds: float = 90) -> None:
@@ -79,12 +73,7 @@ def served(tmp_path_factory):
         yield url, root, real
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
 
 
 @pytest.fixture(scope="module")

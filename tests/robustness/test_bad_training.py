@@ -85,8 +85,9 @@ def test_truncated_checkpoint(project):
     refuses(project, "pretrain", f"{checkpoint}: not a readable checkpoint", "delete it to train from scratch")
 
 
-def killed_at_step_1(project) -> tuple[dict, Path]:
-    """A 4-step pre-training whose checkpoint is left as a run killed after step 1: (train params, checkpoint)."""
+def killed_at_step_1(project, **recorded) -> tuple[dict, Path]:
+    """A 4-step pre-training whose checkpoint is left as a run killed after step 1, its fingerprint changed by
+    `recorded` (as a run begun under other conditions would have written it): (train params, checkpoint)."""
     four_steps = {**MICRO["train"], "pretrain": {**MICRO["train"]["pretrain"], "steps": 4}}
     project.set_params(train=four_steps)
     checkpoint = project.root / "checkpoints" / "pretrain" / "checkpoint.safetensors"
@@ -94,13 +95,15 @@ def killed_at_step_1(project) -> tuple[dict, Path]:
     assert call(stage("pretrain"), project.pretrain_args()).code == 0
     with safetensors.safe_open(checkpoint, "pt") as f:  # the finished checkpoint, rewound to step 1
         meta = f.metadata()
-    save_file(load_file(checkpoint), checkpoint, metadata={**meta, "step": "1"})
+    fingerprint = json.dumps({**json.loads(meta["fingerprint"]), **recorded})
+    save_file(load_file(checkpoint), checkpoint, metadata={**meta, "step": "1", "fingerprint": fingerprint})
     return four_steps, checkpoint
 
 
 def test_unfinished_checkpoint_of_other_params(project):
     """A run killed at step 1 of 4, then started again under another seed: refused, naming the change."""
     four_steps, checkpoint = killed_at_step_1(project)
+    assert ckpt.read_run(checkpoint).fingerprint["code"] == ckpt.code_digest()  # the training code it ran
     project.set_params(train={**four_steps, "seed": 7})
     refuses(project, "pretrain", f"{checkpoint}: an unfinished run (step 1/4) of other params, data or code",
             "train.seed 0 -> 7", "delete the checkpoint to train from scratch")
@@ -120,13 +123,7 @@ def test_unfinished_checkpoint_of_other_train_images(project):
 
 def test_unfinished_checkpoint_of_other_code(project):
     """A run begun under other training code (as its fingerprint records it): refused, naming the code's digest."""
-    _, checkpoint = killed_at_step_1(project)
-    with safetensors.safe_open(checkpoint, "pt") as f:
-        meta = f.metadata()
-    fingerprint = json.loads(meta["fingerprint"])
-    assert fingerprint["code"] == ckpt.code_digest()
-    save_file(load_file(checkpoint), checkpoint,
-              metadata={**meta, "fingerprint": json.dumps({**fingerprint, "code": "0" * 12})})
+    _, checkpoint = killed_at_step_1(project, code="0" * 12)
     refuses(project, "pretrain", f"{checkpoint}: an unfinished run (step 1/4) of other params, data or code",
             f"code '{'0' * 12}' -> '{ckpt.code_digest()}'")
 

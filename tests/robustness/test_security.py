@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 from clirun import ROOT, spawn
+from http_server import free_port, stop
 from diyt import inference
 from diyt.data import images
 
@@ -130,9 +130,7 @@ def test_the_dashboard_listens_on_localhost_from_any_folder(tmp_path):
     for every interface, with no --server.address: the config beside app.py wins, and only 127.0.0.1 listens."""
     (tmp_path / ".streamlit").mkdir()
     (tmp_path / ".streamlit" / "config.toml").write_text(f'[server]\naddress = "{ANY_ADDRESS}"\n')
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}  # no inherited address
     env |= {"DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
@@ -145,9 +143,4 @@ def test_the_dashboard_listens_on_localhost_from_any_folder(tmp_path):
             time.sleep(0.2)
         assert addresses == {"0100007F"}, addresses  # 127.0.0.1; every interface would be 00000000
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server, seconds=30)
