@@ -101,8 +101,8 @@ def train_all(params: Params, dataset_dir: Path, work: Path) -> Trained:
 
 def evaluate_all(params: Params, dataset_dir: Path, work: Path) -> dict[str, dict]:
     """Each category's metrics (as in its metrics.json) from the models `train_all` wrote, plus the seconds
-    fitting its error level and its residual whitening (`error_level_fit_seconds`, `whitening_fit_seconds`, 0
-    without one: part of the training's time)."""
+    fitting its error level, its residual whitening and its defect head (`error_level_fit_seconds`,
+    `whitening_fit_seconds`, `defect_head_fit_seconds`, 0 without one: part of the training's time)."""
     device = pick_device(params.train.device)
     results = {}
     for category in params.data.categories:
@@ -110,7 +110,8 @@ def evaluate_all(params: Params, dataset_dir: Path, work: Path) -> dict[str, dic
         ev = evaluate_category(trained.model, dataset_dir / category, trained.normalize, params.eval, device,
                                map_cache=MapCache(work / "features"))
         results[category] = {**ev.metrics, "error_level_fit_seconds": ev.level_seconds or 0.0,
-                             "whitening_fit_seconds": ev.whitening_seconds or 0.0}
+                             "whitening_fit_seconds": ev.whitening_seconds or 0.0,
+                             "defect_head_fit_seconds": ev.head_seconds or 0.0}
     return results
 
 

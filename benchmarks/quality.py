@@ -11,9 +11,9 @@ Usage (from the project root):
     python benchmarks/quality.py --dataset magnetic_tile --data-path PATH/TO/magnetic_tile   # a local copy
     python benchmarks/quality.py --dataset magnetic_tile                                     # downloads it
     python benchmarks/quality.py --dataset magnetic_tile --data-path PATH --minutes 30 --set train.finetune.epochs=4
-`--minutes` is the training budget: the run says whether pre-training, fine-tuning and fitting the error level
-and the residual whitening (`eval.error_level`, `eval.error_whitening`, fitted to the train normals in the
-evaluation) stayed within it.
+`--minutes` is the training budget: the run says whether pre-training, fine-tuning and fitting the error level,
+the residual whitening and the defect head (`eval.error_level`, `eval.error_whitening`, `eval.defect_head`,
+fitted to the train normals in the evaluation) stayed within it.
 `--set key=value` overrides any param (as `dvc exp run -S`). `--work DIR` keeps the prepared data and models.
 `--set data.split_by=part` splits by tile: the split by image puts most test tiles' twins (the same tile under
 another of the dataset's six setups) in train (README, "The split by image puts the same tiles in train and test").
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         model_minutes = train_all(params, dataset_dir, work).train_seconds / 60
         results = evaluate_all(params, dataset_dir, work)
         device = pick_device(params.train.device)
-    level_minutes = sum(m["error_level_fit_seconds"] + m["whitening_fit_seconds"] for m in results.values()) / 60
+    level_minutes = sum(m["error_level_fit_seconds"] + m["whitening_fit_seconds"] + m["defect_head_fit_seconds"]
+                        for m in results.values()) / 60
     train_minutes = model_minutes + level_minutes
     scorer = "kNN" if params.eval.scorer == "knn" else "reconstruction"
     references = {c: m["reference"]["knn"] for c, m in results.items() if "reference" in m}  # scorer: both
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             rows[f"{category} kNN reference"] = references[category]
     print(table(f"{args.dataset}: {params.model.target} target, {params.model.arch.image_size} px, "
                 f"trained {train_minutes:.1f} min ({model_minutes:.1f} the models, {level_minutes:.1f} fitting the error "
-                f"level and whitening; "
+                f"level, whitening and defect head; "
                 f"budget {args.minutes:g})", rows))
     summary = {**mean_of(results, KEYS), "train_minutes": round(train_minutes, 2),
                "within_budget": train_minutes <= args.minutes}

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
             parts["error_level_fit_seconds"] = ev.level_seconds
         if ev.whitening_seconds is not None:
             parts["whitening_fit_seconds"] = ev.whitening_seconds
+        if ev.head_seconds is not None:
+            parts["defect_head_fit_seconds"] = ev.head_seconds
         m = ev.metrics
         print(f"{args.data.name}: image AUROC {m['image_auroc']:.3f}  AUPRO {m['aupro']:.3f}  "
               f"pixel AUROC {m['pixel_auroc']:.3f}  F1 {m['f1']:.3f}")

@@ -56,7 +56,8 @@ def test_set_overrides_parse_as_dvc_does_and_name_a_bad_one(benchmarks):
 
 SMALL = ["data.categories=[weave]", "data.synthetic.n_train=32", "data.synthetic.n_test_good=6",
          "data.synthetic.n_test_defect=6", "data.val_fraction=0.15", "train.pretrain.steps=2", "train.finetune.steps=1",
-         "train.pretrain.batch_size=8", "train.finetune.batch_size=8", "eval.level_steps=5"]
+         "train.pretrain.batch_size=8", "train.finetune.batch_size=8", "eval.level_steps=5",
+         "eval.defect_head_steps=5", "eval.defect_head_copies=1"]
 SMALL_ARGS = [a for s in SMALL for a in ("--set", s)]
 
 

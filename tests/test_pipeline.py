@@ -18,7 +18,7 @@ MICRO = {
               "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2, "aggregate_layers": [1]},
     "train": {"pretrain": {"steps": 3, "batch_size": 4, "warmup_steps": 1},
               "finetune": {"steps": 2, "batch_size": 4, "warmup_steps": 1}},
-    "eval": {"sigma": 1.0, "batch_size": 8, "level_steps": 5},
+    "eval": {"sigma": 1.0, "batch_size": 8, "level_steps": 5, "defect_head_steps": 5, "defect_head_copies": 1},
 }
 
 

@@ -27,6 +27,7 @@ from diyt.data.dataset import NORMALIZATION
 from diyt.data.images import read_image
 from diyt.data.layout import read_manifest
 from diyt.errors import DiytError
+from diyt.eval.defect_head import DefectHead
 from diyt.eval.level import ErrorLevel
 from diyt.eval.normalize import PositionStats
 from diyt.eval.scoring import ScoringConfig
@@ -45,10 +46,13 @@ MEMORY_BANK = "memory_bank.safetensors"  # with eval.scorer: knn, the (m, C) nor
 ERROR_LEVEL = "error_level.safetensors"  # with eval.error_level: context, the fitted `ErrorLevel`'s weights
 SCORE_STATS = "score_position_stats.safetensors"  # with it and position normalisation, the score maps' own
 WHITENING = "whitening.safetensors"  # with eval.error_whitening: position, the residuals' per-position statistics
+DEFECT_HEAD = "defect_head.safetensors"  # with eval.defect_head: synthetic, the trained `DefectHead`'s weights
+HEAD_STATS = "head_position_stats.safetensors"  # and the per-position statistics its maps are z-scored with
 FORMAT_VERSION = 1
 MAP_SETTINGS = ("normalize_maps", "normalize_std_floor")  # eval params applied after `score_images`
 LEVEL_SETTINGS = ("error_level", "level_ring", "level_hole", "level_steps")  # the image score's error level
 WHITENING_SETTINGS = ("error_whitening", "whitening_shrinkage")  # the errors' residual whitening
+HEAD_SETTINGS = ("defect_head", "defect_head_weight", "defect_head_steps", "defect_head_copies")  # its map's
 RESAMPLE = Image.Resampling.BICUBIC  # as prepare (to data.image_size) and AnomalyDataset (to the model's size)
 
 
@@ -127,6 +131,9 @@ class Bundle:
     error_level: ErrorLevel | None = None  # image scores from the errors against the level it expects
     score_position: PositionStats | None = None  # the per-pixel z-scoring of those score maps
     whitening: ResidualWhitening | None = None  # errors of the residuals whitened per position
+    defect_head: DefectHead | None = None  # its map, z-scored per position (`head_position`), is added
+    head_position: PositionStats | None = None
+    head_weight: float = 0.0  # of that map in the sum
 
     @property
     def category(self) -> str:
@@ -151,8 +158,10 @@ def write_bundle(out_dir: str | Path, model_dir: str | Path, ev: Evaluation, par
                    | params.model_dump(include=set(MAP_SETTINGS))
                    | params.model_dump(include=set(LEVEL_SETTINGS))
                    | params.model_dump(include=set(WHITENING_SETTINGS))
+                   | params.model_dump(include=set(HEAD_SETTINGS))
                    | {"scorer": "reconstruction" if ev.memory_bank is None else "knn",
-                      "error_level": "none" if ev.error_level is None else "context"},
+                      "error_level": "none" if ev.error_level is None else "context",
+                      "defect_head": "none" if ev.defect_head is None else "synthetic"},
         "out_size": int(ev.maps.shape[-1]),
         "thresholds": {"image": float(ev.image_threshold), "pixel": float(ev.pixel_threshold),
                        "method": params.threshold, "quantile": params.threshold_quantile, "k": params.threshold_k,
@@ -167,7 +176,9 @@ def write_bundle(out_dir: str | Path, model_dir: str | Path, ev: Evaluation, par
                  MEMORY_BANK: None if ev.memory_bank is None else {"features": ev.memory_bank},
                  ERROR_LEVEL: None if ev.error_level is None else ev.error_level.state_dict(),
                  SCORE_STATS: None if ev.score_stats is None else ev.score_stats._asdict(),
-                 WHITENING: None if ev.whitening is None else ev.whitening.state_dict()}
+                 WHITENING: None if ev.whitening is None else ev.whitening.state_dict(),
+                 DEFECT_HEAD: None if ev.defect_head is None else ev.defect_head.state_dict(),
+                 HEAD_STATS: None if ev.head_stats is None else ev.head_stats._asdict()}
         for name, tensors in parts.items():
             if tensors is not None:
                 with atomic_path(tmp / name) as part:  # (atomic_path also gives the usual permissions)
@@ -224,12 +235,15 @@ def load_bundle(bundle_dir: str | Path, device: torch.device | str = "cpu") -> B
             raise DiytError(f"{bundle_dir / name}: statistics are not {out_size}x{out_size} like the maps; {remake}")
         return found
 
-    position = bank = level = score_position = None
+    position = bank = level = score_position = head_position = None
     leveled = eval_params.error_level == "context"
+    headed = eval_params.defect_head == "synthetic"
     if eval_params.normalize_maps == "position":
         position = stats(POSITION_STATS, "its maps are normalised per position")
         if leveled:
             score_position = stats(SCORE_STATS, "its score maps are normalised per position")
+        if headed:
+            head_position = stats(HEAD_STATS, "its defect head's maps are normalised per position")
     trained = load_trained(bundle_dir, device)
     if (trained.model.arch.image_size, trained.normalize) != (pre.image_size, pre.normalize):
         raise DiytError(f"{path}: preprocess does not match {bundle_dir / CONFIG}; {remake}")
@@ -256,8 +270,12 @@ def load_bundle(bundle_dir: str | Path, device: torch.device | str = "cpu") -> B
     if eval_params.error_whitening == "position":
         whitening = loaded(WHITENING, ResidualWhitening(source.target_dim, *source.grid_size), "whitening",
                            "its errors are whitened with it")
+    head = None
+    if headed:
+        head = loaded(DEFECT_HEAD, DefectHead(source.target_dim), "defect head", "its maps add the head's")
     return Bundle(bundle_dir, trained.model, trained.params, pre, scoring, out_size, thresholds, display, digest,
-                  manifest, position, bank, level, score_position, whitening)
+                  manifest, position, bank, level, score_position, whitening, head, head_position,
+                  eval_params.defect_head_weight if headed else 0.0)
 
 
 def _digest_key(part: str) -> str:

@@ -204,6 +204,10 @@ class EvalParams(Section):
     whitening_shrinkage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05  # of its covariance, towards the identity
     error_scale: Literal["none", "image"] = "none"  # image: each error map divided by its own quantile
     error_scale_quantile: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
+    defect_head: Literal["none", "synthetic"] = "none"  # synthetic: a head trained on synthetic defects adds its map
+    defect_head_weight: Annotated[float, Field(gt=0.0)] = 0.35  # of its map, z-scored per position, in the sum
+    defect_head_steps: PositiveInt = 1000  # its training steps, of batch_size images
+    defect_head_copies: PositiveInt = 4  # synthetic versions of each train normal it trains on
     threshold: Literal["quantile", "mean_std"] = "quantile"
     threshold_quantile: Fraction = 0.99
     threshold_k: Annotated[float, Field(ge=0.0)] = 3.0
@@ -218,6 +222,9 @@ class EvalParams(Section):
         if not (self.level_ring % 2 and self.level_hole % 2 and self.level_hole < self.level_ring):
             raise ValueError(f"level_ring {self.level_ring}, level_hole {self.level_hole}: both must be odd, the "
                              "hole smaller than the ring (a window centred on each cell)")
+        if self.defect_head != "none" and self.normalize_maps != "position":
+            raise ValueError("defect_head: its map is added to the reconstruction's as z-scores against the "
+                             "validation normals; set normalize_maps: position, or defect_head: none")
         return self
 
 
@@ -247,6 +254,9 @@ class Params(Section):
         elif self.eval.error_whitening != "none":
             raise ValueError("eval.error_whitening: it whitens the feature residual and model.target is pixels; set "
                              "it to none")
+        elif self.eval.defect_head != "none":
+            raise ValueError("eval.defect_head: it segments the backbone's feature cells and model.target is "
+                             "pixels; set it to none")
         if self.model.arch.image_size > self.data.image_size:
             raise ValueError(f"data.image_size: {self.data.image_size} is smaller than the model's "
                              f"image_size {self.model.arch.image_size}; prepare at least that size")

@@ -5,7 +5,8 @@ every index that the eager model derives from a mask (`visible_indices`) is a co
 normalise -> patchify -> K hidden-patch passes (one batch of K*N) -> keep each patch from the pass that hid it ->
 error (for each of the R partitions, averaged) -> bilinear upsampling -> Gaussian smoothing -> per-position
 z-scores (when the bundle has them) -> image score; with an error level, the image score comes from the error
-divided by the level, upsampled, smoothed and z-scored alike against its own statistics.
+divided by the level, upsampled, smoothed and z-scored alike against its own statistics; with a defect head, its
+map of the target, upsampled, smoothed and z-scored against its own statistics, is added to the anomaly map.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ class ScoringGraph(nn.Module):
 
     def __init__(self, model: MaskedAutoencoder, scoring: ScoringConfig, out_size: int, normalize: str,
                  position: PositionStats | None = None, level: nn.Module | None = None,
-                 score_position: PositionStats | None = None, whitening: nn.Module | None = None) -> None:
+                 score_position: PositionStats | None = None, whitening: nn.Module | None = None,
+                 head: nn.Module | None = None, head_position: PositionStats | None = None,
+                 head_weight: float = 0.0) -> None:
         super().__init__()
         self.model, self.scoring, self.out_size = model, scoring, out_size
         parts = partitions(model.num_patches, scoring)  # (R, K, L)
@@ -74,11 +77,14 @@ class ScoringGraph(nn.Module):
         self.level = level
         self.whitening = whitening
         self.score_norm = PositionNorm(score_position) if score_position is not None else nn.Identity()
+        self.head, self.head_weight = head, head_weight
+        self.head_norm = PositionNorm(head_position) if head_position is not None else nn.Identity()
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ScoringGraph:
         return cls(bundle.model, bundle.scoring, bundle.out_size, bundle.preprocess.normalize, bundle.position,
-                   bundle.error_level, bundle.score_position, bundle.whitening)
+                   bundle.error_level, bundle.score_position, bundle.whitening, bundle.defect_head,
+                   bundle.head_position, bundle.head_weight)
 
     def errors(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(N, C, h, w) -> the error maps of the R partitions (R, N, rows, cols), as `score_images` computes them,
@@ -97,6 +103,9 @@ class ScoringGraph(nn.Module):
         errors, target = self.errors(images)
         _, maps = reduce_errors(errors, self.scoring, self.out_size, self._smooth)
         maps = self.map_norm(maps)
+        if self.head is not None:
+            _, head_maps = reduce_errors(self.head(target)[None], self.scoring, self.out_size, self._smooth)
+            maps = maps + self.head_weight * self.head_norm(head_maps)
         score_maps = maps
         if self.level is not None:
             _, score_maps = reduce_errors(errors / torch.exp(self.level(target)), self.scoring, self.out_size,
@@ -125,7 +134,7 @@ def export_onnx(bundle: Bundle, out: str | Path, opset: int = OPSET, verify: boo
                         "`diyt predict`, or evaluate with eval.perceptual_weight: 0 to export")
     out = Path(out)
     bundle.model.cpu().float().eval()
-    for part in (bundle.error_level, bundle.whitening):
+    for part in (bundle.error_level, bundle.whitening, bundle.defect_head):
         if part is not None:
             part.cpu()
     graph = ScoringGraph.from_bundle(bundle).eval()

@@ -3,8 +3,8 @@
 The bundle (`diyt.bundle.load_bundle`) carries the evaluation's preprocessing, scoring settings and thresholds.
 A model evaluated before the evaluate stage wrote bundles is assembled into the same `Bundle` from its model
 folder, the threshold in its metrics.json and the eval section of params.yaml (valid while those params are the
-ones it was evaluated with, and refused when its scoring uses what the evaluation fitted: per-position statistics
-or an error level; `dvc repro` writes the real bundle).
+ones it was evaluated with, and refused when its scoring uses what the evaluation fitted: per-position statistics,
+an error level or a defect head; `dvc repro` writes the real bundle).
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def load_model(bundle_dir: str | Path, model_dir: str | Path, metrics_path: str 
     params = load_params(params_path)
     needs = [f"eval.{key}: {value}" for key, value in (("normalize_maps", params.eval.normalize_maps),
                                                          ("error_level", params.eval.error_level),
-                                                         ("error_whitening", params.eval.error_whitening))
+                                                         ("error_whitening", params.eval.error_whitening),
+                                                         ("defect_head", params.eval.defect_head))
              if value != "none"]
     if needs:  # what the evaluation fitted lives only in the bundle: without it scores and thresholds disagree
         raise DiytError(f"{bundle_dir}: no model bundle, and its scoring ({', '.join(needs)}) uses what the "

@@ -63,13 +63,16 @@ class TorchScorer:
         config = self.bundle.scoring
         if self.bundle.memory_bank is None:
             scores = score_batch(self.model, images, config, self.bundle.out_size, self.parts, self.device,
-                                 self.bundle.preprocess.normalize, self.bundle.error_level, self.bundle.whitening)
+                                 self.bundle.preprocess.normalize, self.bundle.error_level, self.bundle.whitening,
+                                 self.bundle.defect_head)
         else:
             scores = knn_scores(self.model, images, self.bundle.memory_bank.to(self.device), config,
                                 self.bundle.out_size, self.device)
         score, maps = scores.score, scores.anomaly_map
         if self.bundle.position is not None:  # as the evaluation: z-score the maps, then score them again
             maps = normalize_maps(maps, self.bundle.position)
+            if scores.head_map is not None:  # the defect head's map, z-scored against its own statistics
+                maps = maps + self.bundle.head_weight * normalize_maps(scores.head_map, self.bundle.head_position)
             score_maps = maps  # the score's own maps, against their own statistics, under an error level
             if scores.score_map is not None:
                 score_maps = normalize_maps(scores.score_map, self.bundle.score_position)

@@ -19,6 +19,7 @@ from diyt.data.images import read_image
 from diyt.data.layout import Row
 from diyt.errors import DataError
 from diyt.eval import metrics
+from diyt.eval.defect_head import DefectHead, fit_defect_head
 from diyt.eval.knn import cell_features, fit_bank, knn_scores
 from diyt.eval.level import ErrorLevel, fit_error_level
 from diyt.eval.normalize import PositionStats, normalize_leave_one_out, normalize_maps, position_stats
@@ -53,6 +54,9 @@ class Evaluation:
     level_seconds: float | None = None  # wall time fitting the error level (part of the training's time)
     whitening: ResidualWhitening | None = None  # when the errors are the residuals whitened per position
     whitening_seconds: float | None = None  # wall time fitting it (part of the training's time)
+    defect_head: DefectHead | None = None  # when a defect head's map is added to the maps
+    head_stats: PositionStats | None = None  # (H, W) what its maps were z-scored with
+    head_seconds: float | None = None  # wall time training it (part of the training's time)
 
 
 BatchScorer = Callable[[torch.Tensor], Scores]  # normalised images (N, 3, h, w) -> Scores on the CPU
@@ -89,11 +93,11 @@ def scorer_inputs(model: MaskedAutoencoder, dataset: AnomalyDataset, batch_size:
 
 def reconstruction_scorer(model: MaskedAutoencoder, config: ScoringConfig, out_size: int, device: torch.device,
                           normalize: Normalize | None = None, level: ErrorLevel | None = None,
-                          whitening: ResidualWhitening | None = None) -> BatchScorer:
+                          whitening: ResidualWhitening | None = None, head: DefectHead | None = None) -> BatchScorer:
     """DiyT's own scorer: multi-mask reconstruction error (`score_batch` with the config's partitions)."""
     parts = partitions(model.num_patches, config)
     return partial(score_batch, model, config=config, out_size=out_size, parts=parts, device=device,
-                   normalize=normalize, level=level, whitening=whitening)
+                   normalize=normalize, level=level, whitening=whitening, head=head)
 
 
 def train_cells(model: MaskedAutoencoder, train: AnomalyDataset, batch_size: int, device: torch.device,
@@ -154,17 +158,20 @@ def knn_scorer(model: MaskedAutoencoder, train: AnomalyDataset, config: ScoringC
 
 def score_batch(model: MaskedAutoencoder, images: torch.Tensor, config: ScoringConfig, out_size: int,
                 parts: torch.Tensor, device: torch.device, normalize: Normalize | None = None,
-                level: ErrorLevel | None = None, whitening: ResidualWhitening | None = None) -> Scores:
+                level: ErrorLevel | None = None, whitening: ResidualWhitening | None = None,
+                head: DefectHead | None = None) -> Scores:
     """Score one batch of images (N, 3, h, w) normalised as `normalize` says, on `device` (bf16 autocast on
-    CUDA), the image scores against an error `level` if given, the errors whitened by `whitening` if given;
-    results on the CPU.
+    CUDA), the image scores against an error `level` if given, the errors whitened by `whitening` if given, with
+    a defect `head`'s map if given; results on the CPU.
 
     The one scoring call of both the evaluation and `diyt predict`, so the two agree bit for bit.
     """
     level = level.to(device) if level is not None else None
     whitening = whitening.to(device) if whitening is not None else None
+    head = head.to(device) if head is not None else None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        scores = score_images(model, images.to(device), config, out_size, parts, normalize, level, whitening)
+        scores = score_images(model, images.to(device), config, out_size, parts, normalize, level, whitening,
+                              head)
     return Scores(*(None if t is None else t.float().cpu() for t in scores))
 
 
@@ -202,20 +209,23 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
         raise DataError(f"{category_dir}: no validation images to choose thresholds on; raise data.val_fraction")
     out_size = out_size or _prepared_size(test)
     masks = np.stack([test.mask(i, out_size) for i in range(len(test))])  # (N, H, W), read once for any scorer
-    bank = knn = level = cells = whitening = None
+    bank = knn = level = cells = whitening = head = None
     fit = params.scorer != "knn" and params.error_level == "context"
     whiten = params.scorer != "knn" and params.error_whitening == "position"
-    if params.scorer != "reconstruction" or fit or whiten:  # all read the train cells: computed (or read) once
+    heads = params.scorer != "knn" and params.defect_head == "synthetic"
+    if params.scorer != "reconstruction" or fit or whiten or heads:
         train = AnomalyDataset(category_dir, ["train"], size, normalize)
+    if params.scorer != "reconstruction" or fit or whiten:  # all read the train cells: computed (or read) once
         cells = train_cells(model, train, params.batch_size, device, map_cache)
     if params.scorer != "reconstruction":
         knn, bank = knn_scorer(model, train, config, out_size, params.knn_coreset, params.batch_size, device,
                                cells=cells)
-    level_seconds = whitening_seconds = None
-    if (whiten or fit) and not isinstance(model.source, FeatureSource):  # config validation refuses it first
+    level_seconds = whitening_seconds = head_seconds = None
+    if (whiten or fit or heads) and not isinstance(model.source, FeatureSource):  # config validation refuses it
         raise DataError("eval.error_whitening: it whitens the feature residual and model.target is pixels; set it "
                         "to none" if whiten else "eval.error_level: the error level reads the backbone's feature "
-                        "cells and model.target is pixels; set it to none")
+                        "cells and model.target is pixels; set it to none" if fit else "eval.defect_head: it "
+                        "segments the backbone's feature cells and model.target is pixels; set it to none")
     if whiten or fit:
         began = time.perf_counter()
         recons = train_reconstructions(model, cells, config, params, device)  # counted in the first fit's seconds
@@ -226,14 +236,20 @@ def evaluate_category(model: MaskedAutoencoder, category_dir: Path, normalize: s
         if fit:
             level = fit_level(cells, recons, config, params, device, whitening)
             level_seconds = time.perf_counter() - began
+    if heads:
+        began = time.perf_counter()
+        head = fit_defect_head(model.source, image_batches(train, params.batch_size), params.defect_head_copies,
+                               params.defect_head_steps, params.batch_size, params.seed, device)
+        head_seconds = time.perf_counter() - began
     inputs = {split: scorer_inputs(model, data, params.batch_size, device) for split, data in
               (("val", val), ("test", test))}
     if params.scorer == "knn":
         return _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank)
-    ev = _evaluate(reconstruction_scorer(model, config, out_size, device, normalize, level, whitening), inputs,
-                   model, val, test, masks, normalize, params, category_dir, level=level)
+    ev = _evaluate(reconstruction_scorer(model, config, out_size, device, normalize, level, whitening, head),
+                   inputs, model, val, test, masks, normalize, params, category_dir, level=level)
     # wall time: the stage's timing records it, not metrics.json
-    ev = replace(ev, level_seconds=level_seconds, whitening=whitening, whitening_seconds=whitening_seconds)
+    ev = replace(ev, level_seconds=level_seconds, whitening=whitening, whitening_seconds=whitening_seconds,
+                 defect_head=head, head_seconds=head_seconds)
     if knn is not None:
         reference = _evaluate(knn, inputs, model, val, test, masks, normalize, params, category_dir, bank).metrics
         ev.metrics["reference"] = {"knn": {k: v for k, v in reference.items() if k in REFERENCE_KEYS}}
@@ -250,10 +266,10 @@ def _evaluate(score: BatchScorer, inputs: dict[str, list[torch.Tensor]], model: 
     `inputs` holds both splits' batches (`scorer_inputs`)."""
     val_scores = score_batches(score, inputs["val"], "score val")
     test_scores = score_batches(score, inputs["test"], "score test")
-    stats = score_stats = None
+    stats = score_stats = head_stats = None
     if params.normalize_maps == "position":
-        (stats, score_stats), val_scores, test_scores = _normalize_by_position(val_scores, test_scores, params,
-                                                                               category_dir)
+        (stats, score_stats, head_stats), val_scores, test_scores = _normalize_by_position(
+            val_scores, test_scores, params, category_dir)
     t_image = image_threshold(val_scores.score.numpy(), params.threshold, params.threshold_quantile,
                               params.threshold_k)
     t_pixel = pixel_threshold(val_scores.anomaly_map.numpy(), params.threshold, params.threshold_quantile,
@@ -273,13 +289,15 @@ def _evaluate(score: BatchScorer, inputs: dict[str, list[torch.Tensor]], model: 
                    num_val=len(val))
     return Evaluation(test.rows, labels, scores, maps, masks, test.images.permute(0, 2, 3, 1).numpy(),
                       recon_images, val_scores.score.numpy(), t_image, t_pixel, summary, stats, bank, level,
-                      score_stats)
+                      score_stats, head_stats=head_stats)
 
 
 def _normalize_by_position(val: Scores, test: Scores, params: EvalParams, category_dir: Path
-                           ) -> tuple[tuple[PositionStats, PositionStats | None], Scores, Scores]:
-    """Maps z-scored per pixel: test against all validation maps, each validation map leave-one-out; rescored
-    from the z-scored score maps, which have their own statistics when they are not the anomaly maps."""
+                           ) -> tuple[tuple[PositionStats, PositionStats | None, PositionStats | None], Scores,
+                                      Scores]:
+    """Maps z-scored per pixel: test against all validation maps, each validation map leave-one-out; a defect
+    head's maps likewise against their own, then added with `params.defect_head_weight`; rescored from the
+    z-scored score maps, which have their own statistics when they are not the anomaly maps."""
     if len(val.score) < 3:
         raise DataError(f"{category_dir}: eval.normalize_maps 'position' needs at least 3 validation images, "
                         f"got {len(val.score)}; raise data.val_fraction or set it to 'none'")
@@ -290,6 +308,11 @@ def _normalize_by_position(val: Scores, test: Scores, params: EvalParams, catego
                 normalize_maps(test_maps, stats))  # (N_test, H, W)
 
     stats, val_maps, test_maps = z_scored(val.anomaly_map, test.anomaly_map)
+    head_stats = None
+    if val.head_map is not None:
+        head_stats, val_head, test_head = z_scored(val.head_map, test.head_map)
+        val_maps = val_maps + params.defect_head_weight * val_head
+        test_maps = test_maps + params.defect_head_weight * test_head
     score_stats, val_score_maps, test_score_maps = None, val_maps, test_maps
     if val.score_map is not None:
         score_stats, val_score_maps, test_score_maps = z_scored(val.score_map, test.score_map)
@@ -298,7 +321,8 @@ def _normalize_by_position(val: Scores, test: Scores, params: EvalParams, catego
         score = image_scores(score_maps, params.image_score, params.topk_fraction)
         return Scores(score, maps, scores.reconstruction, None if score_maps is maps else score_maps)
 
-    return (stats, score_stats), rescored(val, val_maps, val_score_maps), rescored(test, test_maps, test_score_maps)
+    return ((stats, score_stats, head_stats), rescored(val, val_maps, val_score_maps),
+            rescored(test, test_maps, test_score_maps))
 
 
 def _prepared_size(dataset: AnomalyDataset) -> int:

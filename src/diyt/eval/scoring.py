@@ -31,6 +31,7 @@ class Scores(NamedTuple):
     anomaly_map: Tensor  # (N, H, W) at the output (mask) resolution
     reconstruction: Tensor  # (N, C, h, w) in the model's input space
     score_map: Tensor | None = None  # (N, H, W) the maps `score` was taken from when not anomaly_map (error level)
+    head_map: Tensor | None = None  # (N, H, W) a defect head's map (`diyt.eval.defect_head`), added once z-scored
 
 
 @dataclass(frozen=True)
@@ -260,17 +261,20 @@ def cell_error(target: Tensor, recon: Tensor, config: ScoringConfig, whitening: 
 @torch.no_grad()
 def score_images(model: MaskedAutoencoder, images: Tensor, config: ScoringConfig, out_size: int,
                  parts: Tensor | None = None, normalize: Normalize | None = None,
-                 level: nn.Module | None = None, whitening: nn.Module | None = None) -> Scores:
+                 level: nn.Module | None = None, whitening: nn.Module | None = None,
+                 head: nn.Module | None = None) -> Scores:
     """Anomaly maps (N, out_size, out_size), image scores and reconstructions of a batch of images normalised as
     `normalize` says (which the perceptual error undoes). With an error `level` (`diyt.eval.level`), the image
-    scores come from the errors divided by the level it expects from each cell's context (`score_map`)."""
+    scores come from the errors divided by the level it expects from each cell's context (`score_map`); with a
+    defect `head` (`diyt.eval.defect_head`), its map comes along, upsampled and smoothed alike (`head_map`)."""
     parts = partitions(model.num_patches, config) if parts is None else parts
     errors, recon, target = cell_errors(model, images, config, parts, normalize, whitening)
     score, maps = reduce_errors(errors, config, out_size)
     score_map = None
     if level is not None:
         score, score_map = reduce_errors(errors / torch.exp(level(target)), config, out_size)
-    return Scores(score, maps, recon, score_map)
+    head_map = None if head is None else reduce_errors(head(target)[None], config, out_size)[1]
+    return Scores(score, maps, recon, score_map, head_map)
 
 
 def reduce_errors(errors: Tensor, config: ScoringConfig, out_size: int,
