@@ -21,7 +21,7 @@ MICRO = {
     "train": {"device": "cpu", "checkpoint_every": 1,
               "pretrain": {"steps": 2, "batch_size": 4, "warmup_steps": 1},
               "finetune": {"steps": 1, "batch_size": 4, "warmup_steps": 1}},
-    "eval": {"sigma": 1.0, "batch_size": 8, "normalize_maps": "none"},
+    "eval": {"sigma": 1.0, "batch_size": 8, "normalize_maps": "none", "defect_head": "none"},
 }
 
 
